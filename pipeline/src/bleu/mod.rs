@@ -1,0 +1,1 @@
+//! Our own BLEU, equal to sacrebleu 2.x.

@@ -1,0 +1,42 @@
+//! The pipeline's one error type.
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O failure on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A malformed input record: names the file, the line or row (1-based), and the field.
+    #[error("{file}:{line}: field `{field}`: {message}")]
+    Record {
+        file: String,
+        line: u64,
+        field: String,
+        message: String,
+    },
+    /// A bad configuration value.
+    #[error("config: {0}")]
+    Config(String),
+    /// An invariant of the pipeline was broken (for example rows in != kept + dropped).
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+    #[error(transparent)]
+    Polars(#[from] polars::error::PolarsError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// The pipeline's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

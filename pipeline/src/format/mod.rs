@@ -1,0 +1,1 @@
+//! Prompt formats: Koala/EasyLM, Alpaca, and Jinja chat templates.

@@ -1,0 +1,1 @@
+//! BLEU-based test-set leakage filtering (decontaminate and audit).

@@ -1,0 +1,16 @@
+//! Columnar curation of Koala/Alpaca-style dialogue data.
+//!
+//! Data flows one way: [`sources`] (one loader per published dataset) → the conversation table
+//! ([`schema`]) → [`stages`] (cleanup, dedup, language, markers, leakage, mixture) with lineage →
+//! [`format`] → [`tokenize`] → packed shards, the contract with the trainer.
+pub mod bleu;
+pub mod error;
+pub mod format;
+pub mod leakage;
+pub mod schema;
+pub mod sources;
+pub mod stages;
+pub mod synth;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,329 @@
+//! The one conversation schema that every loader produces and every stage consumes.
+//!
+//! Columns (see `docs/schema.md` for the full contract):
+//!
+//! | column       | Polars type                                                  | meaning |
+//! |--------------|--------------------------------------------------------------|---------|
+//! | `id`         | `String`                                                     | stable id: `{source}/{native id or file position}[/{sub}]` |
+//! | `source`     | `String`                                                     | `sharegpt`, `hc3`, `oig`, `alpaca`, `hh`, `webgpt`, `summarize` |
+//! | `split`      | `String`                                                     | `train`, `test`, `validation` or `unsplit` (the dataset has none) |
+//! | `turns`      | `List(Struct{role: String, text: String, preference: String})` | the dialogue, in order |
+//! | `src_file`   | `String`                                                     | input file the row came from, as given to the loader |
+//! | `src_record` | `UInt64`                                                     | 1-based line (JSONL) or element/row index (JSON list, Parquet) |
+//! | `meta`       | `String`                                                     | a JSON object of source-specific facts (scores, answer kind, …) |
+//!
+//! `role` is one of `user`, `assistant`, `system`; `preference` one of `positive`, `negative`,
+//! `unrated`.
+//!
+//! # Example
+//! ```
+//! use koala_pipeline::schema::{Conversation, Turn, to_dataframe, from_dataframe};
+//! let conv = Conversation {
+//!     id: "alpaca/1".into(),
+//!     source: "alpaca".into(),
+//!     split: "unsplit".into(),
+//!     turns: vec![Turn::user("Say hi"), Turn::assistant("Hi!")],
+//!     src_file: "alpaca_data.json".into(),
+//!     src_record: 1,
+//!     meta: "{}".into(),
+//! };
+//! let df = to_dataframe(std::slice::from_ref(&conv)).unwrap();
+//! assert_eq!(df.height(), 1);
+//! assert_eq!(from_dataframe(&df).unwrap(), vec![conv]);
+//! ```
+use std::fmt;
+use std::str::FromStr;
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Column names, so that stages never spell them by hand.
+pub mod col {
+    pub const ID: &str = "id";
+    pub const SOURCE: &str = "source";
+    pub const SPLIT: &str = "split";
+    pub const TURNS: &str = "turns";
+    pub const SRC_FILE: &str = "src_file";
+    pub const SRC_RECORD: &str = "src_record";
+    pub const META: &str = "meta";
+    /// Fields of the `turns` struct.
+    pub const ROLE: &str = "role";
+    pub const TEXT: &str = "text";
+    pub const PREFERENCE: &str = "preference";
+}
+
+/// Who speaks a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+}
+
+/// The human-feedback label of a turn. Only assistant turns carry a meaningful one; data without
+/// feedback is `Positive` (Koala's convention), user and system turns are `Unrated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    Positive,
+    Negative,
+    Unrated,
+}
+
+macro_rules! str_enum {
+    ($t:ty, $what:literal, $($v:ident => $s:literal),+) => {
+        impl $t {
+            /// The string stored in the table.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    other => Err(format!("unknown {} {:?}", $what, other)),
+                }
+            }
+        }
+    };
+}
+str_enum!(Role, "role", User => "user", Assistant => "assistant", System => "system");
+str_enum!(Preference, "preference", Positive => "positive", Negative => "negative", Unrated => "unrated");
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+    pub preference: Preference,
+}
+
+impl Turn {
+    /// A user turn (always unrated).
+    pub fn user(text: impl Into<String>) -> Self {
+        Turn { role: Role::User, text: text.into(), preference: Preference::Unrated }
+    }
+    /// An assistant turn without human feedback: positive, as Koala treats such data.
+    pub fn assistant(text: impl Into<String>) -> Self {
+        Turn { role: Role::Assistant, text: text.into(), preference: Preference::Positive }
+    }
+    /// An assistant turn with an explicit preference.
+    pub fn assistant_with(text: impl Into<String>, preference: Preference) -> Self {
+        Turn { role: Role::Assistant, text: text.into(), preference }
+    }
+    /// A system turn (always unrated).
+    pub fn system(text: impl Into<String>) -> Self {
+        Turn { role: Role::System, text: text.into(), preference: Preference::Unrated }
+    }
+}
+
+/// One row of the conversation table, as a Rust value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub source: String,
+    pub split: String,
+    pub turns: Vec<Turn>,
+    pub src_file: String,
+    pub src_record: u64,
+    /// A JSON object (as text) of source-specific facts; `"{}"` when there are none.
+    pub meta: String,
+}
+
+/// The dtype of one element of `turns`.
+pub fn turn_dtype() -> DataType {
+    DataType::Struct(vec![
+        Field::new(col::ROLE.into(), DataType::String),
+        Field::new(col::TEXT.into(), DataType::String),
+        Field::new(col::PREFERENCE.into(), DataType::String),
+    ])
+}
+
+/// The Polars schema of the conversation table, in column order.
+pub fn conversation_schema() -> Schema {
+    Schema::from_iter([
+        Field::new(col::ID.into(), DataType::String),
+        Field::new(col::SOURCE.into(), DataType::String),
+        Field::new(col::SPLIT.into(), DataType::String),
+        Field::new(col::TURNS.into(), DataType::List(Box::new(turn_dtype()))),
+        Field::new(col::SRC_FILE.into(), DataType::String),
+        Field::new(col::SRC_RECORD.into(), DataType::UInt64),
+        Field::new(col::META.into(), DataType::String),
+    ])
+}
+
+/// Builds the conversation table from Rust values, in the given order.
+pub fn to_dataframe(convs: &[Conversation]) -> Result<DataFrame> {
+    let n_turns: usize = convs.iter().map(|c| c.turns.len()).sum();
+    let mut roles = Vec::with_capacity(n_turns);
+    let mut texts = Vec::with_capacity(n_turns);
+    let mut prefs = Vec::with_capacity(n_turns);
+    for t in convs.iter().flat_map(|c| &c.turns) {
+        roles.push(t.role.as_str());
+        texts.push(t.text.as_str());
+        prefs.push(t.preference.as_str());
+    }
+    let fields = [
+        Series::new(col::ROLE.into(), roles),
+        Series::new(col::TEXT.into(), texts),
+        Series::new(col::PREFERENCE.into(), prefs),
+    ];
+    let all_turns = StructChunked::from_series(col::TURNS.into(), n_turns, fields.iter())?.into_series();
+    let mut offset = 0usize;
+    let mut lists: Vec<Series> = Vec::with_capacity(convs.len());
+    for c in convs {
+        lists.push(all_turns.slice(offset as i64, c.turns.len()));
+        offset += c.turns.len();
+    }
+    let mut turns = Series::new(col::TURNS.into(), lists);
+    if turns.dtype() != &DataType::List(Box::new(turn_dtype())) {
+        // An empty input gives a list of nulls; cast it to the documented type.
+        turns = turns.cast(&DataType::List(Box::new(turn_dtype())))?;
+    }
+    let df = DataFrame::new_infer_height(vec![
+        Column::new(col::ID.into(), convs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>()),
+        Column::new(col::SOURCE.into(), convs.iter().map(|c| c.source.as_str()).collect::<Vec<_>>()),
+        Column::new(col::SPLIT.into(), convs.iter().map(|c| c.split.as_str()).collect::<Vec<_>>()),
+        turns.into_column(),
+        Column::new(col::SRC_FILE.into(), convs.iter().map(|c| c.src_file.as_str()).collect::<Vec<_>>()),
+        Column::new(col::SRC_RECORD.into(), convs.iter().map(|c| c.src_record).collect::<Vec<_>>()),
+        Column::new(col::META.into(), convs.iter().map(|c| c.meta.as_str()).collect::<Vec<_>>()),
+    ])?;
+    Ok(df)
+}
+
+/// Checks that a table has the documented columns and types (extra columns are allowed).
+pub fn validate(df: &DataFrame) -> Result<()> {
+    let schema = df.schema();
+    for (name, dtype) in conversation_schema().iter() {
+        match schema.get(name) {
+            None => return Err(Error::Invariant(format!("conversation table lacks column `{name}`"))),
+            Some(d) if d != dtype => {
+                return Err(Error::Invariant(format!(
+                    "column `{name}` has type {d}, the schema says {dtype}"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn str_at<'a>(ca: &'a StringChunked, i: usize, column: &str) -> Result<&'a str> {
+    ca.get(i).ok_or_else(|| Error::Invariant(format!("null in column `{column}` at row {i}")))
+}
+
+/// Reads the conversation table back into Rust values (row order kept).
+pub fn from_dataframe(df: &DataFrame) -> Result<Vec<Conversation>> {
+    validate(df)?;
+    let ids = df.column(col::ID)?.str()?;
+    let sources = df.column(col::SOURCE)?.str()?;
+    let splits = df.column(col::SPLIT)?.str()?;
+    let files = df.column(col::SRC_FILE)?.str()?;
+    let records = df.column(col::SRC_RECORD)?.u64()?;
+    let metas = df.column(col::META)?.str()?;
+    let turns = df.column(col::TURNS)?.list()?;
+    let mut out = Vec::with_capacity(df.height());
+    for (i, list) in turns.into_iter().enumerate() {
+        let mut conv_turns = Vec::new();
+        if let Some(s) = list {
+            let st = s.struct_()?;
+            let roles = st.field_by_name(col::ROLE)?;
+            let texts = st.field_by_name(col::TEXT)?;
+            let prefs = st.field_by_name(col::PREFERENCE)?;
+            let (roles, texts, prefs) = (roles.str()?, texts.str()?, prefs.str()?);
+            for k in 0..st.len() {
+                let bad = |m: String| Error::Invariant(format!("row {i}, turn {k}: {m}"));
+                conv_turns.push(Turn {
+                    role: str_at(roles, k, col::ROLE)?.parse().map_err(bad)?,
+                    text: str_at(texts, k, col::TEXT)?.to_string(),
+                    preference: str_at(prefs, k, col::PREFERENCE)?.parse().map_err(bad)?,
+                });
+            }
+        }
+        out.push(Conversation {
+            id: str_at(ids, i, col::ID)?.to_string(),
+            source: str_at(sources, i, col::SOURCE)?.to_string(),
+            split: str_at(splits, i, col::SPLIT)?.to_string(),
+            turns: conv_turns,
+            src_file: str_at(files, i, col::SRC_FILE)?.to_string(),
+            src_record: records
+                .get(i)
+                .ok_or_else(|| Error::Invariant(format!("null in column `src_record` at row {i}")))?,
+            meta: str_at(metas, i, col::META)?.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Conversation> {
+        vec![
+            Conversation {
+                id: "hh/train/1".into(),
+                source: "hh".into(),
+                split: "train".into(),
+                turns: vec![
+                    Turn::user("Hi"),
+                    Turn::assistant_with("Hello, how can I help?", Preference::Negative),
+                ],
+                src_file: "hh/train.jsonl.gz".into(),
+                src_record: 7,
+                meta: r#"{"pair":"rejected"}"#.into(),
+            },
+            Conversation {
+                id: "x/2".into(),
+                source: "x".into(),
+                split: "unsplit".into(),
+                turns: vec![],
+                src_file: "f".into(),
+                src_record: 1,
+                meta: "{}".into(),
+            },
+            Conversation {
+                id: "x/3".into(),
+                source: "x".into(),
+                split: "test".into(),
+                turns: vec![Turn::system("sys"), Turn::user("q"), Turn::assistant("a")],
+                src_file: "f".into(),
+                src_record: 2,
+                meta: "{}".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let convs = sample();
+        let df = to_dataframe(&convs).unwrap();
+        assert_eq!(df.schema().as_ref(), &conversation_schema());
+        assert_eq!(from_dataframe(&df).unwrap(), convs);
+    }
+
+    #[test]
+    fn empty_table_has_the_schema() {
+        let df = to_dataframe(&[]).unwrap();
+        assert_eq!(df.height(), 0);
+        validate(&df).unwrap();
+    }
+
+    #[test]
+    fn validate_names_the_missing_column() {
+        let df = to_dataframe(&sample()).unwrap().drop(col::META).unwrap();
+        let err = validate(&df).unwrap_err().to_string();
+        assert!(err.contains("`meta`"), "{err}");
+    }
+}

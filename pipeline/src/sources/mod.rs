@@ -1,0 +1,1 @@
+//! Loaders, one file per published source format, into the conversation table.

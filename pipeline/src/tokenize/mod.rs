@@ -1,0 +1,1 @@
+//! Tokenisation with loss masks, and packed training shards.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing what the tests need first.
+#
+# Python is only used by tests that cross-check against independent tools (pyarrow opens our
+# Parquet, NVRTC compiles our CUDA kernels to PTX, grpcio talks to the daemon). Those tests skip
+# with a message when their Python package is missing; this script installs them into .venv so
+# that nothing is skipped on a machine with network access to PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  if .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt; then
+    export KOALA_PYTHON="$PWD/.venv/bin/python"
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    export KOALA_NVRTC_DIR="$site/nvidia/cuda_nvrtc/lib"
+    export KOALA_PTXAS="$site/nvidia/cuda_nvcc/bin/ptxas"
+    export LD_LIBRARY_PATH="$KOALA_NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "warning: could not install the Python test tools; tests that need them will skip" >&2
+  fi
+fi
+
+cargo test --workspace "$@"

@@ -1,0 +1,1 @@
+//! LLaMA fine-tuning core and daemon (see docs/architecture.md).
