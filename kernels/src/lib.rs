@@ -7,3 +7,5 @@ pub mod error;
 
 pub use backend::{AdamWParams, AttnShape, Backend};
 pub use error::{Error, Result};
+// ---- CUDA backend, communicators, backend selection (helper "cuda"; see docs/gpu.md) ----
+pub mod cuda;
