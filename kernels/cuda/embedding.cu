@@ -6,12 +6,12 @@
 // * bwd: dtable[ids[i], :] += dout[i, :]; dtable is always fp32 (weight gradients are fp32 under the
 //   bf16 policy). One thread owns one channel and walks the tokens in order, so the sum order is the
 //   token order, as on the CPU, and no atomics are needed (deterministic).
-// Launch: fwd grid (ceil(c/256), n), block 256. bwd grid ceil(c/256), block 256.
+// Launch: fwd grid (n, ceil(c/256)), block 256. bwd grid ceil(c/256), block 256.
 
 template <typename T>
 __device__ void embedding_fwd_impl(T* out, const unsigned int* ids, const T* table, int n, int c) {
-    int i = blockIdx.y;
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int i = blockIdx.x;
+    int j = blockIdx.y * blockDim.x + threadIdx.x;
     if (i >= n || j >= c) return;
     long long row = (long long)ids[i];
     out[(long long)i * c + j] = table[row * c + j];

@@ -7,6 +7,10 @@
 pub mod modules;
 
 #[cfg(feature = "cuda")]
+mod backend;
+#[cfg(feature = "cuda")]
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod ptxas;
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, CudaBuf, CudaIds, DType, Precision, device_count, driver_present};
