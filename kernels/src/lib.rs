@@ -10,4 +10,6 @@ pub use backend::{AdamWParams, AttnShape, Backend};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 // ---- CUDA backend, communicators, backend selection (helper "cuda"; see docs/gpu.md) ----
+pub mod comm;
 pub mod cuda;
+pub mod select;

@@ -112,6 +112,50 @@ impl CudaBuf {
         self.master.is_some()
     }
 
+    /// The fp32 storage, if the buffer is fp32.
+    pub(crate) fn f32_ref(&self) -> Option<&CudaSlice<f32>> {
+        match &self.storage {
+            Storage::F32(s) => Some(s),
+            Storage::Bf16(_) => None,
+        }
+    }
+
+    /// The fp32 storage, if the buffer is fp32.
+    pub(crate) fn f32_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
+        match &mut self.storage {
+            Storage::F32(s) => Some(s),
+            Storage::Bf16(_) => None,
+        }
+    }
+
+    /// The raw storage as bytes (for byte-moving collectives such as all-gather).
+    pub(crate) fn bytes(&self) -> Option<cudarc::driver::CudaView<'_, u8>> {
+        // SAFETY: every bit pattern is a valid u8; the view covers exactly the buffer's bytes.
+        unsafe {
+            match &self.storage {
+                Storage::F32(s) => s.transmute::<u8>(s.len() * 4),
+                Storage::Bf16(s) => s.transmute::<u8>(s.len() * 2),
+            }
+        }
+    }
+
+    /// The raw storage as mutable bytes.
+    pub(crate) fn bytes_mut(&mut self) -> Option<cudarc::driver::CudaViewMut<'_, u8>> {
+        // SAFETY: as `bytes`; callers write whole elements of the buffer's own dtype.
+        unsafe {
+            match &mut self.storage {
+                Storage::F32(s) => {
+                    let n = s.len() * 4;
+                    s.transmute_mut::<u8>(n)
+                }
+                Storage::Bf16(s) => {
+                    let n = s.len() * 2;
+                    s.transmute_mut::<u8>(n)
+                }
+            }
+        }
+    }
+
     fn ptr(&self, stream: &CudaStream) -> u64 {
         // Event tracking is disabled and every launch goes to the backend's one stream, so the raw
         // pointer is valid for stream-ordered use as long as `self` lives.
@@ -397,7 +441,7 @@ impl CudaBackend {
     }
 
     /// A new buffer holding `src` converted to `dtype`.
-    fn convert(&self, src: &CudaBuf, dtype: DType) -> Result<CudaBuf> {
+    pub(crate) fn convert(&self, src: &CudaBuf, dtype: DType) -> Result<CudaBuf> {
         let len = src.len();
         let dst = self.zeros_dtype(len, dtype)?;
         if len == 0 {
@@ -521,7 +565,7 @@ impl CudaBackend {
     }
 
     fn check_attn(op: &'static str, s: &AttnShape) -> Result<()> {
-        if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+        if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
             return Err(Error::Shape {
                 op,
                 detail: format!(
@@ -624,7 +668,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "embedding_fwd";
         check_len(OP, "ids", ids.data.len(), n)?;
-        if c == 0 || table.len() % c != 0 {
+        if c == 0 || !table.len().is_multiple_of(c) {
             return Err(Error::Shape {
                 op: OP,
                 detail: format!("table length {} not a multiple of c={c}", table.len()),
@@ -668,7 +712,7 @@ impl Backend for CudaBackend {
         const OP: &str = "embedding_bwd";
         check_len(OP, "ids", ids.data.len(), n)?;
         check_len(OP, "dout", dout.len(), n * c)?;
-        if c == 0 || dtable.len() % c != 0 {
+        if c == 0 || !dtable.len().is_multiple_of(c) {
             return Err(Error::Shape {
                 op: OP,
                 detail: format!("dtable length {} not a multiple of c={c}", dtable.len()),
@@ -1414,7 +1458,7 @@ impl CudaBackend {
     ) -> Result<()> {
         check_len(op, "x", x.len(), n * heads * head_dim)?;
         check_len(op, "positions", positions.data.len(), n)?;
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::Shape {
                 op,
                 detail: format!("head_dim {head_dim} must be even"),

@@ -1,0 +1,239 @@
+//! [`ThreadComm`]: the [`Communicator`] for CPU workers running as threads of one process.
+//!
+//! Each collective is a rendezvous: every rank deposits its buffer in its slot, waits at a barrier,
+//! then reads all slots and reduces them **in rank order** (so every rank computes bit-identical
+//! sums, whatever the thread scheduling), and waits at a second barrier before the slots are reused.
+use std::sync::{Arc, Barrier, Mutex};
+
+use super::{Communicator, ReduceOp, shard_len, shard_range};
+use crate::{CpuBackend, Error, Result};
+
+struct Shared {
+    slots: Mutex<Vec<Vec<f32>>>,
+    barrier: Barrier,
+}
+
+/// One rank of a thread group; create the group with [`ThreadComm::group`] and move one handle
+/// into each worker thread.
+pub struct ThreadComm {
+    rank: usize,
+    world: usize,
+    shared: Arc<Shared>,
+}
+
+impl ThreadComm {
+    /// Handles for a group of `world` ranks, in rank order.
+    pub fn group(world: usize) -> Vec<ThreadComm> {
+        let world = world.max(1);
+        let shared = Arc::new(Shared {
+            slots: Mutex::new(vec![Vec::new(); world]),
+            barrier: Barrier::new(world),
+        });
+        (0..world)
+            .map(|rank| ThreadComm {
+                rank,
+                world,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    /// Deposits `data`, then calls `f` with every rank's data in rank order.
+    fn exchange<R>(&self, data: Vec<f32>, f: impl FnOnce(&[Vec<f32>]) -> R) -> Result<R> {
+        {
+            let mut slots = self
+                .shared
+                .slots
+                .lock()
+                .map_err(|_| Error::Device("thread comm: poisoned".into()))?;
+            slots[self.rank] = data;
+        }
+        self.shared.barrier.wait();
+        let out = {
+            let slots = self
+                .shared
+                .slots
+                .lock()
+                .map_err(|_| Error::Device("thread comm: poisoned".into()))?;
+            let lens: Vec<usize> = slots.iter().map(Vec::len).collect();
+            if lens.iter().any(|&l| l != lens[0]) {
+                drop(slots);
+                self.shared.barrier.wait();
+                return Err(Error::Shape {
+                    op: "collective",
+                    detail: format!("ranks passed different lengths {lens:?}"),
+                });
+            }
+            f(&slots)
+        };
+        self.shared.barrier.wait();
+        Ok(out)
+    }
+}
+
+fn reduce(parts: &[Vec<f32>], op: ReduceOp, out: &mut [f32]) {
+    let inv = 1.0 / parts.len() as f32;
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        for p in parts {
+            acc += p[i];
+        }
+        *o = if op == ReduceOp::Avg { acc * inv } else { acc };
+    }
+}
+
+impl Communicator<CpuBackend> for ThreadComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce(&self, _be: &CpuBackend, buf: &mut Vec<f32>, op: ReduceOp) -> Result<()> {
+        let mine = buf.clone();
+        self.exchange(mine, |parts| reduce(parts, op, buf))
+    }
+
+    fn reduce_scatter(
+        &self,
+        _be: &CpuBackend,
+        full: &Vec<f32>,
+        shard: &mut Vec<f32>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let s = shard_len(full.len(), self.world);
+        if shard.len() != s {
+            return Err(Error::Shape {
+                op: "reduce_scatter",
+                detail: format!("shard has {} elements, expected {s}", shard.len()),
+            });
+        }
+        let range = shard_range(full.len(), self.world, self.rank);
+        self.exchange(full.clone(), |parts| {
+            let slices: Vec<Vec<f32>> = parts.iter().map(|p| p[range.clone()].to_vec()).collect();
+            shard.iter_mut().for_each(|x| *x = 0.0);
+            reduce(&slices, op, &mut shard[..range.len()]);
+        })
+    }
+
+    fn all_gather(&self, _be: &CpuBackend, shard: &Vec<f32>, full: &mut Vec<f32>) -> Result<()> {
+        let s = shard_len(full.len(), self.world);
+        if shard.len() != s {
+            return Err(Error::Shape {
+                op: "all_gather",
+                detail: format!("shard has {} elements, expected {s}", shard.len()),
+            });
+        }
+        let len = full.len();
+        self.exchange(shard.clone(), |parts| {
+            for (r, p) in parts.iter().enumerate() {
+                let range = shard_range(len, self.world, r);
+                let n = range.len();
+                full[range].copy_from_slice(&p[..n]);
+            }
+        })
+    }
+
+    fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64> {
+        // Carried as the two halves of its bit pattern so the f32 slots hold it exactly.
+        let bits = x.to_bits();
+        let mine = vec![
+            f32::from_bits((bits >> 32) as u32),
+            f32::from_bits(bits as u32),
+        ];
+        self.exchange(mine, |parts| {
+            let mut acc = 0.0f64;
+            for p in parts {
+                acc += f64::from_bits(((p[0].to_bits() as u64) << 32) | p[1].to_bits() as u64);
+            }
+            if op == ReduceOp::Avg {
+                acc / parts.len() as f64
+            } else {
+                acc
+            }
+        })
+    }
+
+    fn local_shard(&self, _be: &CpuBackend, full: &Vec<f32>, shard: &mut Vec<f32>) -> Result<()> {
+        let s = shard_len(full.len(), self.world);
+        if shard.len() != s {
+            return Err(Error::Shape {
+                op: "local_shard",
+                detail: format!("shard has {} elements, expected {s}", shard.len()),
+            });
+        }
+        let range = shard_range(full.len(), self.world, self.rank);
+        shard.iter_mut().for_each(|x| *x = 0.0);
+        let n = range.len();
+        shard[..n].copy_from_slice(&full[range]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<R: Send>(world: usize, f: impl Fn(ThreadComm) -> R + Sync) -> Vec<R> {
+        let comms = ThreadComm::group(world);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn collectives_on_three_ranks() {
+        let be = CpuBackend::new();
+        let outs = run(3, |c| {
+            let r = c.rank() as f32;
+            // all_reduce sum / avg
+            let mut a = vec![r, 10.0 * r, 1.0, -r, 0.5, 2.0, 3.0];
+            c.all_reduce(&be, &mut a, ReduceOp::Sum).unwrap();
+            let mut b = vec![r; 2];
+            c.all_reduce(&be, &mut b, ReduceOp::Avg).unwrap();
+            // reduce_scatter of 7 elements over 3 ranks: shards of 3, 3, 1 (+2 padding)
+            let full: Vec<f32> = (0..7).map(|i| i as f32 + 100.0 * r).collect();
+            let mut shard = vec![9.0; 3];
+            c.reduce_scatter(&be, &full, &mut shard, ReduceOp::Sum)
+                .unwrap();
+            // all_gather back
+            let mut gathered = vec![0.0; 7];
+            c.all_gather(&be, &shard, &mut gathered).unwrap();
+            let mut local = vec![0.0; 3];
+            c.local_shard(&be, &full, &mut local).unwrap();
+            (a, b, shard, gathered, local)
+        });
+        for (rank, (a, b, shard, gathered, local)) in outs.into_iter().enumerate() {
+            assert_eq!(a, vec![3.0, 30.0, 3.0, -3.0, 1.5, 6.0, 9.0]);
+            assert_eq!(b, vec![1.0, 1.0]);
+            // sum over ranks of (i + 100 r) = 3 i + 300
+            let want: Vec<f32> = shard_range(7, 3, rank)
+                .map(|i| 3.0 * i as f32 + 300.0)
+                .collect();
+            assert_eq!(&shard[..want.len()], &want[..]);
+            assert!(
+                shard[want.len()..].iter().all(|&x| x == 0.0),
+                "padding is zero"
+            );
+            let all: Vec<f32> = (0..7).map(|i| 3.0 * i as f32 + 300.0).collect();
+            assert_eq!(gathered, all);
+            let mine: Vec<f32> = shard_range(7, 3, rank)
+                .map(|i| i as f32 + 100.0 * rank as f32)
+                .collect();
+            assert_eq!(&local[..mine.len()], &mine[..]);
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_are_an_error_on_every_rank() {
+        let be = CpuBackend::new();
+        let outs = run(2, |c| {
+            let mut a = vec![0.0; 2 + c.rank()];
+            c.all_reduce(&be, &mut a, ReduceOp::Sum).is_err()
+        });
+        assert_eq!(outs, vec![true, true]);
+    }
+}
