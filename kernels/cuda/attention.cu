@@ -26,7 +26,7 @@
 template <typename T>
 __device__ void attention_fwd_impl(T* out, float* lse, const T* q, const T* k, const T* v,
                                    const unsigned int* seg, int B, int Tt, int NH, int NKV, int HD) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int stride = HD + 1;  // padded rows: lanes read different rows without bank conflicts
     float* Ks = smem;
     float* Vs = Ks + ATT_TILE * stride;
@@ -125,7 +125,7 @@ template <typename T>
 __device__ void attention_bwd_dq_impl(T* dq, const T* dout, const T* q, const T* k, const T* v,
                                       const float* lse, const float* delta, const unsigned int* seg, int B,
                                       int Tt, int NH, int NKV, int HD) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int stride = HD + 1;
     float* Ks = smem;
     float* Vs = Ks + ATT_TILE * stride;
@@ -209,7 +209,7 @@ template <typename T>
 __device__ void attention_bwd_dkv_impl(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                                        const float* lse, const float* delta, const unsigned int* seg, int B,
                                        int Tt, int NH, int NKV, int HD) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int stride = HD + 1;
     float* Qs = smem;
     float* dOs = Qs + ATT_TILE * stride;

@@ -9,6 +9,11 @@
 //   reduction gives bit-identical results from run to run; no kernel uses floating-point atomics.
 typedef unsigned short bf16_t;
 
+// Dynamic shared memory (a macro so that the CPU emulator in kernels/cuda/emu can provide it).
+#ifndef DYNAMIC_SMEM
+#define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#endif
+
 #define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
 
