@@ -11,7 +11,9 @@
 use std::collections::BTreeSet;
 
 use koala_kernels::cuda::modules::MODULES;
-use koala_kernels::cuda::nvrtc::{TEST_ARCHS, compile_module, ensure_nvrtc, ptx_entries};
+use koala_kernels::cuda::nvrtc::{
+    ParamKind, TEST_ARCHS, compile_module, ensure_nvrtc, ptx_entries, ptx_params,
+};
 use koala_kernels::cuda::ptxas;
 
 /// The full kernel list, written out so that the registry itself cannot shrink unnoticed.
@@ -208,4 +210,47 @@ fn ptxas_report_for_sm90() {
     all.sort_by(|a, b| a.name.cmp(&b.name));
     println!("{}", ptxas::format_report("sm_90", &all));
     assert_eq!(all.len(), EXPECTED.len());
+}
+
+#[test]
+fn ptx_signatures_are_parsed_for_launch_checks() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use ParamKind::{B32, B64, F32};
+    // Written from the .cu signatures: pointers and `long long` are B64, `int` B32, `float` F32.
+    let expected: &[(&str, &[ParamKind])] = &[
+        ("rmsnorm_fwd_bf16", &[B64, B64, B64, B64, B32, B32, F32]),
+        (
+            "attention_bwd_dkv_f32",
+            &[
+                B64, B64, B64, B64, B64, B64, B64, B64, B64, B32, B32, B32, B32, B32,
+            ],
+        ),
+        (
+            "adamw_step_bf16",
+            &[
+                B64, B64, B64, B64, B64, B64, F32, F32, F32, F32, F32, F32, F32, F32,
+            ],
+        ),
+        ("swiglu_fwd_f32", &[B64, B64, B64, B64]),
+        ("rope_bwd_f32", &[B64, B64, B32, B32, B32, F32]),
+        ("scale_inplace_bf16", &[B64, F32, B64]),
+    ];
+    let mut all = std::collections::HashMap::new();
+    for module in MODULES {
+        let ptx = compile_module(module, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        for (name, params) in ptx_params(&ptx) {
+            assert!(!params.is_empty(), "{name}: no parameters parsed");
+            assert!(
+                !params.contains(&ParamKind::Other),
+                "{name}: unexpected parameter kind {params:?}"
+            );
+            all.insert(name, params);
+        }
+    }
+    assert_eq!(all.len(), EXPECTED.len());
+    for (name, want) in expected {
+        assert_eq!(all[*name].as_slice(), *want, "{name}");
+    }
 }

@@ -43,7 +43,7 @@ mod threads;
 
 pub use dp::DpOptimizer;
 #[cfg(feature = "cuda")]
-pub use nccl::NcclComm;
+pub use nccl::{NcclComm, nccl_present, read_id_file, write_id_file};
 pub use threads::ThreadComm;
 
 use crate::{Backend, Result};

@@ -35,7 +35,7 @@ use cudarc::driver::{
 };
 
 use super::modules::MODULES;
-use super::nvrtc;
+use super::nvrtc::{self, ParamKind};
 use crate::{AdamWParams, AttnShape, Backend, Error, Result};
 
 /// Element type of a [`CudaBuf`].
@@ -198,6 +198,28 @@ enum Arg {
     F32(f32),
 }
 
+impl Arg {
+    fn kind(&self) -> ParamKind {
+        match self {
+            Arg::Ptr(_) | Arg::I64(_) => ParamKind::B64,
+            Arg::I32(_) => ParamKind::B32,
+            Arg::F32(_) => ParamKind::F32,
+        }
+    }
+}
+
+/// Checks a launch's arguments against the kernel's PTX signature.
+fn check_signature(name: &str, args: &[Arg], want: &[ParamKind]) -> Result<()> {
+    let got: Vec<ParamKind> = args.iter().map(Arg::kind).collect();
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Device(format!(
+            "launch of {name}: arguments {got:?} do not match the kernel's parameters {want:?}"
+        )))
+    }
+}
+
 const BLOCK: u32 = 256;
 /// Grid size of `global_norm_fwd_*` (fixed, so the reduction order does not depend on the device).
 const GN_BLOCKS: usize = 256;
@@ -246,6 +268,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     funcs: HashMap<&'static str, CudaFunction>,
+    /// Parameter kinds of every kernel, from its PTX (checked on every launch).
+    sigs: HashMap<String, Vec<ParamKind>>,
 }
 
 /// Whether the CUDA driver library can be loaded on this machine (never panics).
@@ -297,8 +321,10 @@ impl CudaBackend {
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let stream = ctx.default_stream();
         let mut funcs = HashMap::new();
+        let mut sigs = HashMap::new();
         for module in MODULES {
             let ptx = nvrtc::compile_module_ptx(module, arch)?;
+            sigs.extend(nvrtc::ptx_params(&ptx.to_src()));
             let loaded = ctx
                 .load_module(ptx)
                 .map_err(dev("loading a kernel module"))?;
@@ -323,6 +349,7 @@ impl CudaBackend {
             stream,
             blas,
             funcs,
+            sigs,
         })
     }
 
@@ -414,6 +441,11 @@ impl CudaBackend {
 
     fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.func(name)?;
+        let want = self
+            .sigs
+            .get(name)
+            .ok_or_else(|| Error::Device(format!("no signature for kernel {name}")))?;
+        check_signature(name, args, want)?;
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {

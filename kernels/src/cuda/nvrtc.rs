@@ -109,3 +109,55 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The kind of one kernel parameter as PTX declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `.u64`/`.s64`/`.b64`: a pointer or a 64-bit integer.
+    B64,
+    /// `.u32`/`.s32`/`.b32`: a 32-bit integer.
+    B32,
+    /// `.f32`.
+    F32,
+    /// Anything else (aggregates, other widths).
+    Other,
+}
+
+/// Every `.entry` of a PTX text with the kinds of its parameters, in order. The backend checks each
+/// launch's arguments against this, so a launcher whose arguments drift from the kernel's
+/// signature fails with an error instead of passing garbage.
+pub fn ptx_params(ptx: &str) -> Vec<(String, Vec<ParamKind>)> {
+    let mut out: Vec<(String, Vec<ParamKind>)> = Vec::new();
+    let mut open = false;
+    for line in ptx.lines() {
+        let t = line.trim();
+        if let Some(rest) = t
+            .strip_prefix(".visible .entry ")
+            .or_else(|| t.strip_prefix(".entry "))
+        {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            open = !rest.contains(')');
+            out.push((name, Vec::new()));
+        } else if open {
+            if let Some(rest) = t.strip_prefix(".param ") {
+                let ty = rest.split_whitespace().next().unwrap_or_default();
+                let kind = match ty {
+                    ".u64" | ".s64" | ".b64" => ParamKind::B64,
+                    ".u32" | ".s32" | ".b32" => ParamKind::B32,
+                    ".f32" => ParamKind::F32,
+                    _ => ParamKind::Other,
+                };
+                if let Some(last) = out.last_mut() {
+                    last.1.push(kind);
+                }
+            }
+            if t.starts_with(')') {
+                open = false;
+            }
+        }
+    }
+    out
+}
