@@ -79,6 +79,7 @@ pub trait Backend: Send + Sync {
     // ---- RMSNorm ------------------------------------------------------------------------------
     /// `rstd[i] = 1/sqrt(mean(x[i,:]²) + eps)`, `out[i,:] = x[i,:] * rstd[i] * w`.
     /// `x, out: [n, c]`, `w: [c]`, `rstd: [n]` (cached for the backward).
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, c: usize, eps: f32) -> Result<()>;
     /// `dx = ∂L/∂x` (activation gradient: overwrites), `dw += ∂L/∂w` (accumulates).
     #[allow(clippy::too_many_arguments)]
