@@ -11,8 +11,10 @@
 //! all a checkpoint needs to resume it exactly.
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray, ListArray};
-use arrow::datatypes::{DataType, UInt32Type};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, ListArray, ListBuilder, UInt8Builder, UInt32Builder};
+use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -303,41 +305,39 @@ impl Batch {
     }
 }
 
+/// Writes rows as one Arrow IPC file in the shard layout (for tests, demos and tools that make
+/// shards without the pipeline).
+pub fn write_shard(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut t = ListBuilder::new(UInt32Builder::new());
+    let mut m = ListBuilder::new(UInt8Builder::new());
+    let mut s = ListBuilder::new(UInt32Builder::new());
+    for r in rows {
+        t.values().append_slice(&r.tokens);
+        t.append(true);
+        m.values().append_slice(&r.loss_mask);
+        m.append(true);
+        s.values().append_slice(&r.segment_ids);
+        s.append(true);
+    }
+    let (t, m, s) = (t.finish(), m.finish(), s.finish());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("tokens", t.data_type().clone(), false),
+        Field::new("loss_mask", m.data_type().clone(), false),
+        Field::new("segment_ids", s.data_type().clone(), false),
+    ]));
+    let err = |e: arrow::error::ArrowError| Error::format(path, e);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(t), Arc::new(m), Arc::new(s)])
+        .map_err(err)?;
+    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = arrow::ipc::writer::FileWriter::try_new(f, &schema).map_err(err)?;
+    w.write(&batch).map_err(err)?;
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{ListBuilder, UInt8Builder, UInt32Builder};
-    use arrow::datatypes::{Field, Schema};
-
     use super::*;
-
-    pub(crate) fn write_shard(path: &Path, rows: &[Row]) {
-        let mut t = ListBuilder::new(UInt32Builder::new());
-        let mut m = ListBuilder::new(UInt8Builder::new());
-        let mut s = ListBuilder::new(UInt32Builder::new());
-        for r in rows {
-            t.values().append_slice(&r.tokens);
-            t.append(true);
-            m.values().append_slice(&r.loss_mask);
-            m.append(true);
-            s.values().append_slice(&r.segment_ids);
-            s.append(true);
-        }
-        let (t, m, s) = (t.finish(), m.finish(), s.finish());
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("tokens", t.data_type().clone(), false),
-            Field::new("loss_mask", m.data_type().clone(), false),
-            Field::new("segment_ids", s.data_type().clone(), false),
-        ]));
-        let batch =
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(t), Arc::new(m), Arc::new(s)])
-                .unwrap();
-        let f = std::fs::File::create(path).unwrap();
-        let mut w = arrow::ipc::writer::FileWriter::try_new(f, &schema).unwrap();
-        w.write(&batch).unwrap();
-        w.finish().unwrap();
-    }
 
     fn row(tokens: &[u32], mask: &[u8], segs: &[u32]) -> Row {
         Row {
@@ -352,8 +352,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = vec![row(&[1, 2, 3], &[0, 1, 1], &[0, 0, 0])];
         let b = vec![row(&[4, 5], &[1, 1], &[0, 1]), row(&[6], &[1], &[0])];
-        write_shard(&d.path().join("b.arrow"), &a);
-        write_shard(&d.path().join("a.arrow"), &b);
+        write_shard(&d.path().join("b.arrow"), &a).unwrap();
+        write_shard(&d.path().join("a.arrow"), &b).unwrap();
         std::fs::write(
             d.path().join("manifest.json"),
             r#"{"shards": [{"path": "b.arrow"}, "a.arrow"]}"#,

@@ -140,12 +140,7 @@ pub enum RunOutcome {
 /// the first step boundary after `obs.cancelled()` is true.
 pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<RunOutcome> {
     match cfg.device.as_str() {
-        "cpu" => {
-            let _ = obs;
-            Err(Error::Config(
-                "the CPU backend is not merged yet (training loop body in progress)".into(),
-            ))
-        }
+        "cpu" => run_with(&koala_kernels::cpu::CpuBackend::new(), cfg, obs),
         other => Err(Error::Config(format!(
             "device {other:?} is not available in this build (use \"cpu\")"
         ))),
