@@ -108,6 +108,14 @@ fn logits_match_hf() {
     let (d, m) = max_diff(&model.logits(&be).unwrap(), &fx.expected["logits"].data);
     println!("logits: max abs diff {d:e} (max |logit| {m})");
     assert!(d <= 1e-4, "logits differ by {d}");
+    for l in 0..fx.cfg.num_hidden_layers {
+        let (d, _) = max_diff(
+            &model.hidden_state(&be, l).unwrap(),
+            &fx.expected[&format!("hidden.{l}")].data,
+        );
+        println!("input of layer {l}: max abs diff {d:e}");
+        assert!(d <= 1e-5, "hidden state {l} differs by {d}");
+    }
 }
 
 #[test]
