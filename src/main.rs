@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "koala", version, about = "Curate dialogue data and fine-tune LLaMA-family models")]
+#[command(
+    name = "koala",
+    version,
+    about = "Curate dialogue data and fine-tune LLaMA-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +19,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Train locally on token shards (progress bar, metrics JSONL, loss curve, checkpoints).
+    Train(cmd::train::Args),
+    /// Write the fp32 logits of a batch of token ids as .npy (cross-check against transformers).
+    Logits(cmd::logits::Args),
+    /// Sample from a checkpoint (temperature, top-k, top-p, stop string, KV-cache).
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +36,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Train(a) => cmd::train::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+    }
 }
