@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "koala", version, about = "Curate dialogue data and fine-tune LLaMA-family models")]
+#[command(
+    name = "koala",
+    version,
+    about = "Curate dialogue data and fine-tune LLaMA-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -72,32 +72,100 @@ pub trait Backend: Send + Sync {
     // ---- embedding ----------------------------------------------------------------------------
     /// `out[i, :] = table[ids[i], :]`. `out: [n, c]`, `ids: [n]`, `table: [vocab, c]`.
     /// An id `>= vocab` is an error, never an out-of-bounds read.
-    fn embedding_fwd(&self, out: &mut Self::Buf, ids: &Self::Ids, table: &Self::Buf, n: usize, c: usize) -> Result<()>;
+    fn embedding_fwd(
+        &self,
+        out: &mut Self::Buf,
+        ids: &Self::Ids,
+        table: &Self::Buf,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
     /// `dtable[ids[i], :] += dout[i, :]` (weight gradient: accumulates), summed in token order.
-    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, n: usize, c: usize) -> Result<()>;
+    fn embedding_bwd(
+        &self,
+        dtable: &mut Self::Buf,
+        dout: &Self::Buf,
+        ids: &Self::Ids,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
 
     // ---- RMSNorm ------------------------------------------------------------------------------
     /// `rstd[i] = 1/sqrt(mean(x[i,:]²) + eps)`, `out[i,:] = x[i,:] * rstd[i] * w`.
     /// `x, out: [n, c]`, `w: [c]`, `rstd: [n]` (cached for the backward).
-    fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, c: usize, eps: f32) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// `dx = ∂L/∂x` (activation gradient: overwrites), `dw += ∂L/∂w` (accumulates).
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_bwd(&self, dx: &mut Self::Buf, dw: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize) -> Result<()>;
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
 
     // ---- matmul -------------------------------------------------------------------------------
     /// `out[n, oc] = inp[n, ic] · w[oc, ic]ᵀ`.
-    fn matmul_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, n: usize, ic: usize, oc: usize) -> Result<()>;
+    fn matmul_fwd(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
     /// `dinp[n, ic] = dout · w` (overwrites) and `dw[oc, ic] += doutᵀ · inp` (accumulates).
     #[allow(clippy::too_many_arguments)]
-    fn matmul_bwd(&self, dinp: &mut Self::Buf, dw: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, n: usize, ic: usize, oc: usize) -> Result<()>;
+    fn matmul_bwd(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
 
     // ---- RoPE (rotate-half, as Hugging Face LLaMA) ---------------------------------------------
     /// In place on `x: [n, heads, head_dim]`: for each pair `(j, j + head_dim/2)`,
     /// `inv_freq[j] = theta^(-2j/head_dim)`, `angle = positions[i] * inv_freq[j]`,
     /// `x1' = x1·cos − x2·sin`, `x2' = x2·cos + x1·sin`. `positions: [n]` (reset per packed segment).
-    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, n: usize, heads: usize, head_dim: usize, theta: f32) -> Result<()>;
+    fn rope_fwd(
+        &self,
+        x: &mut Self::Buf,
+        positions: &Self::Ids,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()>;
     /// In place on the gradient: applies the transpose rotation (the same angles, `sin` negated).
-    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, n: usize, heads: usize, head_dim: usize, theta: f32) -> Result<()>;
+    fn rope_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        positions: &Self::Ids,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()>;
 
     // ---- causal attention with GQA and a segment mask ------------------------------------------
     /// `q: [b,t,n_heads,hd]`, `k, v: [b,t,n_kv_heads,hd]`, `out: [b,t,n_heads,hd]`,
@@ -106,16 +174,52 @@ pub trait Backend: Send + Sync {
     /// `segment_ids[bi*t+j] == segment_ids[bi*t+i]`; scores are scaled by `1/sqrt(hd)`; query head
     /// `h` reads kv head `h / (n_heads / n_kv_heads)`.
     #[allow(clippy::too_many_arguments)]
-    fn attention_fwd(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, segment_ids: &Self::Ids, shape: AttnShape) -> Result<()>;
+    fn attention_fwd(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        segment_ids: &Self::Ids,
+        shape: AttnShape,
+    ) -> Result<()>;
     /// `dq, dk, dv` overwrite. Recomputes probabilities from `q, k` and `lse` (nothing else stored).
     #[allow(clippy::too_many_arguments)]
-    fn attention_bwd(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, segment_ids: &Self::Ids, shape: AttnShape) -> Result<()>;
+    fn attention_bwd(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        segment_ids: &Self::Ids,
+        shape: AttnShape,
+    ) -> Result<()>;
 
     // ---- SwiGLU -------------------------------------------------------------------------------
     /// `out = silu(gate) * up`, all `[n, c]`, with `silu(x) = x·σ(x)`.
-    fn swiglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    fn swiglu_fwd(
+        &self,
+        out: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        len: usize,
+    ) -> Result<()>;
     /// `dgate, dup` overwrite.
-    fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    fn swiglu_bwd(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        len: usize,
+    ) -> Result<()>;
 
     // ---- residual -----------------------------------------------------------------------------
     /// `out = a + b` (forward of the residual add; its backward passes `dout` to both inputs,
@@ -132,13 +236,28 @@ pub trait Backend: Send + Sync {
     /// written); the caller picks weights for a masked token mean or a per-row mean.
     /// A target `>= v` is an error.
     #[allow(clippy::too_many_arguments)]
-    fn cross_entropy_fwd_bwd(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Ids, weights: &Self::Buf, n: usize, v: usize) -> Result<()>;
+    fn cross_entropy_fwd_bwd(
+        &self,
+        logits: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        targets: &Self::Ids,
+        weights: &Self::Buf,
+        n: usize,
+        v: usize,
+    ) -> Result<()>;
 
     // ---- optimizer ----------------------------------------------------------------------------
     /// One AdamW step on a parameter tensor, as `torch.optim.AdamW`:
     /// `g = grad·grad_scale; m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;`
     /// `p −= lr·wd·p; p −= lr · (m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps)`.
-    fn adamw_step(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, hp: &AdamWParams) -> Result<()>;
+    fn adamw_step(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamWParams,
+    ) -> Result<()>;
     /// `Σ x²` of one buffer, accumulated in `f64` in a fixed order. The global gradient norm is
     /// `sqrt` of the sum over all gradient tensors.
     fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;

@@ -8,7 +8,11 @@ pub enum Error {
     Shape { op: &'static str, detail: String },
     /// An id, target or position outside its valid range.
     #[error("{op}: index {index} out of range (limit {limit})")]
-    Index { op: &'static str, index: u64, limit: u64 },
+    Index {
+        op: &'static str,
+        index: u64,
+        limit: u64,
+    },
     /// The requested backend is not available on this machine (no driver, no GPU, not compiled in).
     #[error("backend unavailable: {0}")]
     Unavailable(String),

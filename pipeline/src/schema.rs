@@ -111,19 +111,35 @@ pub struct Turn {
 impl Turn {
     /// A user turn (always unrated).
     pub fn user(text: impl Into<String>) -> Self {
-        Turn { role: Role::User, text: text.into(), preference: Preference::Unrated }
+        Turn {
+            role: Role::User,
+            text: text.into(),
+            preference: Preference::Unrated,
+        }
     }
     /// An assistant turn without human feedback: positive, as Koala treats such data.
     pub fn assistant(text: impl Into<String>) -> Self {
-        Turn { role: Role::Assistant, text: text.into(), preference: Preference::Positive }
+        Turn {
+            role: Role::Assistant,
+            text: text.into(),
+            preference: Preference::Positive,
+        }
     }
     /// An assistant turn with an explicit preference.
     pub fn assistant_with(text: impl Into<String>, preference: Preference) -> Self {
-        Turn { role: Role::Assistant, text: text.into(), preference }
+        Turn {
+            role: Role::Assistant,
+            text: text.into(),
+            preference,
+        }
     }
     /// A system turn (always unrated).
     pub fn system(text: impl Into<String>) -> Self {
-        Turn { role: Role::System, text: text.into(), preference: Preference::Unrated }
+        Turn {
+            role: Role::System,
+            text: text.into(),
+            preference: Preference::Unrated,
+        }
     }
 }
 
@@ -178,7 +194,8 @@ pub fn to_dataframe(convs: &[Conversation]) -> Result<DataFrame> {
         Series::new(col::TEXT.into(), texts),
         Series::new(col::PREFERENCE.into(), prefs),
     ];
-    let all_turns = StructChunked::from_series(col::TURNS.into(), n_turns, fields.iter())?.into_series();
+    let all_turns =
+        StructChunked::from_series(col::TURNS.into(), n_turns, fields.iter())?.into_series();
     let mut offset = 0usize;
     let mut lists: Vec<Series> = Vec::with_capacity(convs.len());
     for c in convs {
@@ -191,13 +208,34 @@ pub fn to_dataframe(convs: &[Conversation]) -> Result<DataFrame> {
         turns = turns.cast(&DataType::List(Box::new(turn_dtype())))?;
     }
     let df = DataFrame::new_infer_height(vec![
-        Column::new(col::ID.into(), convs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>()),
-        Column::new(col::SOURCE.into(), convs.iter().map(|c| c.source.as_str()).collect::<Vec<_>>()),
-        Column::new(col::SPLIT.into(), convs.iter().map(|c| c.split.as_str()).collect::<Vec<_>>()),
+        Column::new(
+            col::ID.into(),
+            convs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            col::SOURCE.into(),
+            convs.iter().map(|c| c.source.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            col::SPLIT.into(),
+            convs.iter().map(|c| c.split.as_str()).collect::<Vec<_>>(),
+        ),
         turns.into_column(),
-        Column::new(col::SRC_FILE.into(), convs.iter().map(|c| c.src_file.as_str()).collect::<Vec<_>>()),
-        Column::new(col::SRC_RECORD.into(), convs.iter().map(|c| c.src_record).collect::<Vec<_>>()),
-        Column::new(col::META.into(), convs.iter().map(|c| c.meta.as_str()).collect::<Vec<_>>()),
+        Column::new(
+            col::SRC_FILE.into(),
+            convs
+                .iter()
+                .map(|c| c.src_file.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            col::SRC_RECORD.into(),
+            convs.iter().map(|c| c.src_record).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            col::META.into(),
+            convs.iter().map(|c| c.meta.as_str()).collect::<Vec<_>>(),
+        ),
     ])?;
     Ok(df)
 }
@@ -207,7 +245,11 @@ pub fn validate(df: &DataFrame) -> Result<()> {
     let schema = df.schema();
     for (name, dtype) in conversation_schema().iter() {
         match schema.get(name) {
-            None => return Err(Error::Invariant(format!("conversation table lacks column `{name}`"))),
+            None => {
+                return Err(Error::Invariant(format!(
+                    "conversation table lacks column `{name}`"
+                )));
+            }
             Some(d) if d != dtype => {
                 return Err(Error::Invariant(format!(
                     "column `{name}` has type {d}, the schema says {dtype}"
@@ -220,7 +262,8 @@ pub fn validate(df: &DataFrame) -> Result<()> {
 }
 
 fn str_at<'a>(ca: &'a StringChunked, i: usize, column: &str) -> Result<&'a str> {
-    ca.get(i).ok_or_else(|| Error::Invariant(format!("null in column `{column}` at row {i}")))
+    ca.get(i)
+        .ok_or_else(|| Error::Invariant(format!("null in column `{column}` at row {i}")))
 }
 
 /// Reads the conversation table back into Rust values (row order kept).
@@ -234,10 +277,10 @@ pub fn from_dataframe(df: &DataFrame) -> Result<Vec<Conversation>> {
     let metas = df.column(col::META)?.str()?;
     let turns = df.column(col::TURNS)?.list()?;
     let mut out = Vec::with_capacity(df.height());
-    for (i, list) in turns.into_iter().enumerate() {
+    for (i, list) in turns.amortized_iter().enumerate() {
         let mut conv_turns = Vec::new();
         if let Some(s) = list {
-            let st = s.struct_()?;
+            let st = s.as_ref().struct_()?;
             let roles = st.field_by_name(col::ROLE)?;
             let texts = st.field_by_name(col::TEXT)?;
             let prefs = st.field_by_name(col::PREFERENCE)?;
@@ -257,9 +300,9 @@ pub fn from_dataframe(df: &DataFrame) -> Result<Vec<Conversation>> {
             split: str_at(splits, i, col::SPLIT)?.to_string(),
             turns: conv_turns,
             src_file: str_at(files, i, col::SRC_FILE)?.to_string(),
-            src_record: records
-                .get(i)
-                .ok_or_else(|| Error::Invariant(format!("null in column `src_record` at row {i}")))?,
+            src_record: records.get(i).ok_or_else(|| {
+                Error::Invariant(format!("null in column `src_record` at row {i}"))
+            })?,
             meta: str_at(metas, i, col::META)?.to_string(),
         });
     }

@@ -1,0 +1,122 @@
+//! Matmul (a linear layer without bias), through the `gemm` crate.
+//!
+//! Contract (see [`crate::Backend::matmul_fwd`]), HF weight layout `w: [oc, ic]`:
+//! * forward: `out[n, oc] = inp[n, ic] · wᵀ`;
+//! * backward: `dinp[n, ic] = dout[n, oc] · w` (activation gradient: overwrites) and
+//!   `dw[oc, ic] += doutᵀ · inp` (weight gradient: accumulates).
+//!
+//! All three products are one `gemm::gemm` call each, with strides expressing the transposes (no
+//! copies). Parallelism is `gemm`'s own `Parallelism::Rayon`, on the current rayon pool: it splits
+//! the output into tiles fixed by the shapes, keeps the depth loop sequential, and gives each tile to
+//! one thread, so results do not depend on the thread count (checked by the determinism tests).
+use gemm::{Parallelism, gemm};
+
+use super::{expect_len, mul};
+use crate::Result;
+
+/// `dst[m, n] (=|+=) lhs[m, k] · rhs[k, n]`, strides in elements (`rs` = row stride, `cs` = column
+/// stride). Every buffer must be large enough for its strides; callers check lengths first.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The furthest element each operand's strides reach must be in bounds.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last(m, n, dst_rs, dst_cs) < dst.len(),
+        "gemm dst out of bounds"
+    );
+    if k > 0 {
+        assert!(
+            last(m, k, lhs_rs, lhs_cs) < lhs.len(),
+            "gemm lhs out of bounds"
+        );
+        assert!(
+            last(k, n, rhs_rs, rhs_cs) < rhs.len(),
+            "gemm rhs out of bounds"
+        );
+    }
+    // SAFETY: the asserts above keep every strided access of gemm inside the three slices; dst is
+    // borrowed mutably and does not alias lhs or rhs (distinct borrows).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            // Always Rayon (even for one thread): gemm's blocking differs between `None` and
+            // `Rayon`, so one variant must be used everywhere for bit-identical results.
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+pub(crate) fn forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<()> {
+    const OP: &str = "matmul_fwd";
+    expect_len(OP, "out", out.len(), mul(OP, &[n, oc])?)?;
+    expect_len(OP, "inp", inp.len(), mul(OP, &[n, ic])?)?;
+    expect_len(OP, "w", w.len(), mul(OP, &[oc, ic])?)?;
+    // rhs = wᵀ: rhs[kk, j] = w[j, kk] → row stride 1, column stride ic.
+    gemm_strided(false, n, oc, ic, out, oc, 1, inp, ic, 1, w, 1, ic);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<()> {
+    const OP: &str = "matmul_bwd";
+    expect_len(OP, "dinp", dinp.len(), mul(OP, &[n, ic])?)?;
+    expect_len(OP, "dw", dw.len(), mul(OP, &[oc, ic])?)?;
+    expect_len(OP, "dout", dout.len(), mul(OP, &[n, oc])?)?;
+    expect_len(OP, "inp", inp.len(), mul(OP, &[n, ic])?)?;
+    expect_len(OP, "w", w.len(), mul(OP, &[oc, ic])?)?;
+    // dinp[n, ic] = dout[n, oc] · w[oc, ic]
+    gemm_strided(false, n, ic, oc, dinp, ic, 1, dout, oc, 1, w, ic, 1);
+    // dw[oc, ic] += doutᵀ[oc, n] · inp[n, ic]; lhs[o, t] = dout[t, o] → row stride 1, col stride oc.
+    gemm_strided(true, oc, ic, n, dw, ic, 1, dout, 1, oc, inp, ic, 1);
+    Ok(())
+}
