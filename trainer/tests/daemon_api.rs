@@ -419,13 +419,6 @@ async fn validation_names_the_field() {
         f(&mut s);
         s
     };
-    let hp = |f: &dyn Fn(&mut Hyperparameters)| {
-        let mut s = ok();
-        let mut h = Hyperparameters::default();
-        f(&mut h);
-        s.hyperparameters = Some(h);
-        s
-    };
 
     // Paths: required, no `..`, inside the root (absolute or through a symlink), existing.
     refused(&mut c, with(&|s| s.base_model = None), "base_model").await;
@@ -587,78 +580,121 @@ async fn validation_names_the_field() {
     )
     .await;
     refused(&mut c, with(&|s| s.max_steps = u64::MAX), "max_steps").await;
-    refused(
-        &mut c,
-        hp(&|h| h.learning_rate = Some(0.0)),
-        "hyperparameters.learning_rate",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.learning_rate = Some(f64::NAN)),
-        "hyperparameters.learning_rate",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.batch_size = Some(0)),
-        "hyperparameters.batch_size",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.grad_accum = Some(100_000)),
-        "hyperparameters.grad_accum",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.seq_len = Some(0)),
-        "hyperparameters.seq_len",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.epochs = Some(-1.0)),
-        "hyperparameters.epochs",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.warmup_ratio = Some(1.5)),
-        "hyperparameters.warmup_ratio",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.weight_decay = Some(f64::INFINITY)),
-        "hyperparameters.weight_decay",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.grad_clip = Some(-1.0)),
-        "hyperparameters.grad_clip",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.beta2 = Some(1.0)),
-        "hyperparameters.beta2",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.adam_eps = Some(0.0)),
-        "hyperparameters.adam_eps",
-    )
-    .await;
-    refused(
-        &mut c,
-        hp(&|h| h.schedule = Some("exp".into())),
-        "hyperparameters.schedule",
-    )
-    .await;
+    let h = Hyperparameters::default;
+    let bad_hyper: Vec<(Hyperparameters, &str)> = vec![
+        (
+            Hyperparameters {
+                lr: Some(0.0),
+                ..h()
+            },
+            "lr",
+        ),
+        (
+            Hyperparameters {
+                lr: Some(f64::NAN),
+                ..h()
+            },
+            "lr",
+        ),
+        (
+            Hyperparameters {
+                batch_size: Some(0),
+                ..h()
+            },
+            "batch_size",
+        ),
+        (
+            Hyperparameters {
+                micro_batch_size: Some(100_000),
+                ..h()
+            },
+            "micro_batch_size",
+        ),
+        (
+            Hyperparameters {
+                batch_size: Some(8),
+                micro_batch_size: Some(3),
+                ..h()
+            },
+            "batch_size",
+        ),
+        (
+            Hyperparameters {
+                max_len: Some(1),
+                ..h()
+            },
+            "max_len",
+        ),
+        (
+            Hyperparameters {
+                epochs: Some(0),
+                ..h()
+            },
+            "epochs",
+        ),
+        (
+            Hyperparameters {
+                warmup_ratio: Some(1.5),
+                ..h()
+            },
+            "warmup_ratio",
+        ),
+        (
+            Hyperparameters {
+                weight_decay: Some(f64::INFINITY),
+                ..h()
+            },
+            "weight_decay",
+        ),
+        (
+            Hyperparameters {
+                grad_clip: Some(-1.0),
+                ..h()
+            },
+            "grad_clip",
+        ),
+        (
+            Hyperparameters {
+                beta2: Some(1.0),
+                ..h()
+            },
+            "beta2",
+        ),
+        (
+            Hyperparameters {
+                eps: Some(0.0),
+                ..h()
+            },
+            "eps",
+        ),
+        (
+            Hyperparameters {
+                min_lr_ratio: Some(2.0),
+                ..h()
+            },
+            "min_lr_ratio",
+        ),
+        (
+            Hyperparameters {
+                schedule: Some("exp".into()),
+                ..h()
+            },
+            "schedule",
+        ),
+        (
+            Hyperparameters {
+                loss: Some("sum".into()),
+                ..h()
+            },
+            "loss",
+        ),
+    ];
+    for (hyper, field) in bad_hyper {
+        let mut s = ok();
+        s.hyperparameters = Some(hyper);
+        refused(&mut c, s, &format!("hyperparameters.{field}")).await;
+    }
+    refused(&mut c, with(&|s| s.preset = "gpt-5".into()), "preset").await;
     // None of the refused specs became a job; a valid one (absolute path inside the root) does.
     assert!(
         c.list_jobs(ListJobsRequest::default())

@@ -96,10 +96,10 @@ pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
 ///     preset = "tiny-cpu"
 ///     seed = 7
 ///     [hyperparameters]
-///     learning_rate = 1e-3
+///     lr = 1e-3
 /// "#).unwrap();
 /// assert_eq!(spec.seed, 7);
-/// assert_eq!(spec.hyperparameters.unwrap().learning_rate, Some(1e-3));
+/// assert_eq!(spec.hyperparameters.unwrap().lr, Some(1e-3));
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,11 +129,11 @@ pub struct JobFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HyperparametersFile {
-    pub learning_rate: Option<f64>,
+    pub lr: Option<f64>,
     pub batch_size: Option<u32>,
-    pub grad_accum: Option<u32>,
-    pub seq_len: Option<u32>,
-    pub epochs: Option<f64>,
+    pub micro_batch_size: Option<u32>,
+    pub max_len: Option<u32>,
+    pub epochs: Option<u32>,
     pub warmup_ratio: Option<f64>,
     pub warmup_steps: Option<u64>,
     pub weight_decay: Option<f64>,
@@ -141,7 +141,9 @@ pub struct HyperparametersFile {
     pub schedule: Option<String>,
     pub beta1: Option<f64>,
     pub beta2: Option<f64>,
-    pub adam_eps: Option<f64>,
+    pub eps: Option<f64>,
+    pub min_lr_ratio: Option<f64>,
+    pub loss: Option<String>,
 }
 
 impl JobFile {
@@ -176,10 +178,10 @@ impl JobFile {
             shards_dir: self.shards_dir,
             preset: self.preset,
             hyperparameters: self.hyperparameters.map(|h| Hyperparameters {
-                learning_rate: h.learning_rate,
+                lr: h.lr,
                 batch_size: h.batch_size,
-                grad_accum: h.grad_accum,
-                seq_len: h.seq_len,
+                micro_batch_size: h.micro_batch_size,
+                max_len: h.max_len,
                 epochs: h.epochs,
                 warmup_ratio: h.warmup_ratio,
                 warmup_steps: h.warmup_steps,
@@ -188,7 +190,9 @@ impl JobFile {
                 schedule: h.schedule,
                 beta1: h.beta1,
                 beta2: h.beta2,
-                adam_eps: h.adam_eps,
+                eps: h.eps,
+                min_lr_ratio: h.min_lr_ratio,
+                loss: h.loss,
             }),
             out_dir: self.out_dir,
             devices: self.devices,

@@ -8,6 +8,7 @@
 //! trait) → [`train_runner`] (the real trainer). [`client`] is the Rust client the CLI uses;
 //! [`hooks`] holds the debug pause points of the crash tests. See docs/daemon.md.
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod devices;
@@ -18,7 +19,7 @@ pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;
-
+pub mod train_runner;
 pub mod validate;
 
 pub use config::DaemonConfig;

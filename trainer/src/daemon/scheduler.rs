@@ -195,7 +195,7 @@ impl Scheduler {
 
     fn run_job(self: Arc<Self>, req: RunRequest, cancel: Arc<AtomicBool>) {
         let id = req.job_id;
-        pause_point(&self.core.state_dir, "running");
+        pause_point("running");
         let mut sink = JobSink {
             core: &self.core,
             id,
@@ -209,7 +209,7 @@ impl Scheduler {
         let (state, message, last) = match (result, store_error) {
             (_, Some(e)) => (JobState::Failed, format!("job store error: {e}"), None),
             (Ok(Ok(RunOutcome::Finished)), None) => {
-                pause_point(&self.core.state_dir, "finished");
+                pause_point("finished");
                 (JobState::Succeeded, "finished".to_string(), finished)
             }
             (Ok(Ok(RunOutcome::Cancelled { step })), None) => (
@@ -298,13 +298,13 @@ impl RunSink for JobSink<'_> {
                 let r = store.record_progress(self.id, &p);
                 if r.is_ok() {
                     self.core.publish(r.as_ref().ok().cloned());
-                    pause_point(&self.core.state_dir, &format!("step-{step}"));
+                    pause_point(&format!("step-{step}"));
                     return;
                 }
                 r
             }
             RunEvent::Checkpoint { step, path } => {
-                pause_point(&self.core.state_dir, &format!("checkpoint-{step}"));
+                pause_point(&format!("checkpoint-{step}"));
                 store.record_checkpoint(self.id, step, &path.to_string_lossy())
             }
             RunEvent::Finished { step, final_loss } => {

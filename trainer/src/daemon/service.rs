@@ -110,7 +110,7 @@ impl TrainerService for TrainerApi {
             {
                 SubmitOutcome::Created(job, ev) => {
                     core.publish([ev]);
-                    pause_point(&core.state_dir, "submitted");
+                    pause_point("submitted");
                     scheduler.wake();
                     tracing::info!("job {} queued", job.id);
                     Ok(job)

@@ -259,6 +259,16 @@ fn check_strings(spec: &JobSpec) -> Result<(), FieldError> {
             ),
         ));
     }
+    if !spec.preset.is_empty() && crate::hparams::preset_text(&spec.preset).is_none() {
+        return Err(err(
+            "preset",
+            format!(
+                "{:?} is not a preset (known: {})",
+                spec.preset,
+                crate::hparams::PRESETS.join(", ")
+            ),
+        ));
+    }
     limit("devices", &spec.devices, MAX_DEVICES_BYTES)?;
     limit("shards_dir", &spec.shards_dir, MAX_PATH_BYTES)?;
     limit("out_dir", &spec.out_dir, MAX_PATH_BYTES)?;
@@ -294,21 +304,24 @@ fn check_hyperparameters(h: &Hyperparameters) -> Result<(), FieldError> {
             _ => Ok(()),
         }
     }
-    float(
-        "learning_rate",
-        h.learning_rate,
-        |x| x > 0.0 && x <= 1.0,
-        "0 < lr <= 1",
-    )?;
+    float("lr", h.lr, |x| x > 0.0 && x <= 1.0, "0 < lr <= 1")?;
     int("batch_size", h.batch_size.map(u64::from), 1, 65_536)?;
-    int("grad_accum", h.grad_accum.map(u64::from), 1, 65_536)?;
-    int("seq_len", h.seq_len.map(u64::from), 1, 1 << 20)?;
-    float(
-        "epochs",
-        h.epochs,
-        |x| x > 0.0 && x <= 1000.0,
-        "0 < epochs <= 1000",
+    int(
+        "micro_batch_size",
+        h.micro_batch_size.map(u64::from),
+        1,
+        65_536,
     )?;
+    if let (Some(b), Some(m)) = (h.batch_size, h.micro_batch_size)
+        && b % m != 0
+    {
+        return Err(err(
+            "hyperparameters.batch_size",
+            format!("{b} is not a multiple of micro_batch_size {m}"),
+        ));
+    }
+    int("max_len", h.max_len.map(u64::from), 2, 1 << 20)?;
+    int("epochs", h.epochs.map(u64::from), 1, 1000)?;
     float(
         "warmup_ratio",
         h.warmup_ratio,
@@ -340,12 +353,21 @@ fn check_hyperparameters(h: &Hyperparameters) -> Result<(), FieldError> {
         |x| (0.0..1.0).contains(&x),
         "0 <= beta2 < 1",
     )?;
+    float("eps", h.eps, |x| x > 0.0 && x < 1.0, "0 < eps < 1")?;
     float(
-        "adam_eps",
-        h.adam_eps,
-        |x| x > 0.0 && x < 1.0,
-        "0 < eps < 1",
+        "min_lr_ratio",
+        h.min_lr_ratio,
+        |x| (0.0..=1.0).contains(&x),
+        "0..=1",
     )?;
+    if let Some(l) = &h.loss
+        && !["token_mean", "row_mean"].contains(&l.as_str())
+    {
+        return Err(err(
+            "hyperparameters.loss",
+            format!("{l:?} is not one of token_mean, row_mean"),
+        ));
+    }
     if let Some(s) = &h.schedule
         && !["cosine", "linear", "constant"].contains(&s.as_str())
     {
