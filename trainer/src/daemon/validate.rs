@@ -413,15 +413,20 @@ fn check_shards(paths: &ResolvedPaths) -> Result<(), FieldError> {
     }
     let manifest = read_json("shards_dir", &manifest_path)?;
     // Shard files named by the manifest must exist inside the shards directory.
-    if let Some(list) = manifest.get("shards").and_then(|v| v.as_array()) {
+    if let Some(list) = manifest
+        .get("shards")
+        .or_else(|| manifest.get("files"))
+        .and_then(|v| v.as_array())
+    {
         if list.is_empty() {
             return Err(err("shards_dir", "manifest.json lists no shards"));
         }
         for item in list {
-            let name = item
-                .as_str()
-                .or_else(|| item.get("path").and_then(|v| v.as_str()))
-                .or_else(|| item.get("file").and_then(|v| v.as_str()));
+            let name = item.as_str().or_else(|| {
+                ["path", "file", "name"]
+                    .iter()
+                    .find_map(|k| item.get(*k).and_then(|v| v.as_str()))
+            });
             let Some(name) = name else { continue };
             let shard =
                 resolve_in_root("shards_dir", name, &paths.shards_dir, true).map_err(|e| {

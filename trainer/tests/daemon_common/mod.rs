@@ -201,3 +201,5 @@ pub async fn wait_state(c: &mut Client, id: u64, state: JobState, secs: u64) -> 
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+pub mod process;
