@@ -19,6 +19,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Run the gRPC trainer daemon (see docs/daemon.md).
+    Serve(cmd::serve::ServeArgs),
+    /// Submit a job file to the daemon; --watch follows it with a progress bar.
+    Submit(cmd::submit::SubmitArgs),
+    /// List the daemon's jobs, newest first.
+    Jobs(cmd::jobs::JobsArgs),
+    /// Show one job (--events, --metrics for its history).
+    Job(cmd::jobs::JobArgs),
+    /// Cancel a job (a running one stops at its next step boundary).
+    Cancel(cmd::jobs::CancelArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +40,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Submit(a) => cmd::submit::run(a),
+        Command::Jobs(a) => cmd::jobs::jobs(a),
+        Command::Job(a) => cmd::jobs::job(a),
+        Command::Cancel(a) => cmd::jobs::cancel(a),
+    }
 }
