@@ -115,7 +115,8 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     page_size: left.min(1000),
                     page_token: token.clone(),
                 })
-                .await?
+                .await
+                .map_err(client::ClientError::from)?
                 .into_inner();
             for j in &page.jobs {
                 if args.json {

@@ -89,6 +89,17 @@ async fn job_runs_to_success_with_events_metrics_and_checkpoints() {
     let last = s2.message().await.unwrap().unwrap();
     assert_eq!(last.seq, seqs.len() as u64);
     assert!(s2.message().await.unwrap().is_none());
+    // Nothing after the end: the stream of a finished job closes at once.
+    let mut s3 = c
+        .watch_job(WatchJobRequest {
+            id: job.id,
+            after_seq: seqs.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(5), s3.message()).await;
+    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
     // Unknown ids.
     let e = c.get_job(GetJobRequest { id: 999 }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -362,6 +373,54 @@ async fn every_rpc_needs_the_token_but_health_does_not() {
         h.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    d.stop().await;
+}
+
+/// Lists services over gRPC reflection (v1), as grpcurl does.
+async fn reflect_services(addr: &str, token: Option<&str>) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth = koala_trainer::daemon::auth::BearerToken::new(token).unwrap();
+    let mut c = ServerReflectionClient::with_interceptor(channel, auth);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let resp = stream.message().await?.expect("one response");
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            Ok(l.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_with_the_token() {
+    let fx = Fixture::new();
+    let d = TestDaemon::start(fx.config(), runner(1)).await;
+    let services = reflect_services(&d.addr, Some(TOKEN)).await.unwrap();
+    assert!(
+        services.contains(&"koala.trainer.v1.TrainerService".to_string()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_string()),
+        "{services:?}"
+    );
+    let e = reflect_services(&d.addr, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
     d.stop().await;
 }
 

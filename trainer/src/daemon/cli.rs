@@ -18,7 +18,8 @@ pub fn run_daemon(config: &Path) -> Result<()> {
         .map_err(|e| DaemonError::Server(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
         let tls = cfg.tls.is_some();
-        server::serve(
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serve = server::serve(
             cfg,
             Arc::new(TrainRunner),
             move |addr| {
@@ -32,11 +33,31 @@ pub fn run_daemon(config: &Path) -> Result<()> {
                 let _ = out.flush();
                 tracing::info!("koala-trainerd listening on {addr}");
             },
-            shutdown_signal(),
-        )
-        .await
+            async move {
+                shutdown_signal().await;
+                let _ = stopping.send(());
+            },
+        );
+        tokio::pin!(serve);
+        // Graceful shutdown waits for open streams (WatchJob); give them a few seconds.
+        tokio::select! {
+            r = &mut serve => r,
+            _ = async {
+                if stopped.await.is_ok() {
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!("streams still open {SHUTDOWN_GRACE:?} after the shutdown signal; exiting");
+                Ok(())
+            }
+        }
     })
 }
+
+/// How long open streams may delay the exit after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -215,13 +215,17 @@ impl TrainerService for TrainerApi {
         let WatchJobRequest { id, after_seq } = req.into_inner();
         // Subscribe before reading the history, so that nothing falls between the two.
         let mut live = self.core.events.subscribe();
-        let history = self
+        // The job is read before its events: if it is already final, the history holds every
+        // event it will ever have.
+        let (finished, history) = self
             .blocking(move |c| {
-                c.store
+                let job = c
+                    .store
                     .get(id)
                     .map_err(internal)?
                     .ok_or_else(|| not_found(id))?;
-                c.store.events_after(id, after_seq).map_err(internal)
+                let evs = c.store.events_after(id, after_seq).map_err(internal)?;
+                Ok((is_terminal(job.state()), evs))
             })
             .await?;
         let (tx, rx) = mpsc::channel(256);
@@ -246,7 +250,7 @@ impl TrainerService for TrainerApi {
                 }
                 false
             }
-            if forward(&tx, history, &mut last).await {
+            if forward(&tx, history, &mut last).await || finished {
                 return;
             }
             loop {
