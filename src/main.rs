@@ -25,6 +25,16 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Sample from a checkpoint (temperature, top-k, top-p, stop string, KV-cache).
     Generate(cmd::generate::Args),
+    /// Run the gRPC trainer daemon (see docs/daemon.md).
+    Serve(cmd::serve::ServeArgs),
+    /// Submit a job file to the daemon; --watch follows it with a progress bar.
+    Submit(cmd::submit::SubmitArgs),
+    /// List the daemon's jobs, newest first.
+    Jobs(cmd::jobs::JobsArgs),
+    /// Show one job (--events, --metrics for its history).
+    Job(cmd::jobs::JobArgs),
+    /// Cancel a job (a running one stops at its next step boundary).
+    Cancel(cmd::jobs::CancelArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +50,10 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Submit(a) => cmd::submit::run(a),
+        Command::Jobs(a) => cmd::jobs::jobs(a),
+        Command::Job(a) => cmd::jobs::job(a),
+        Command::Cancel(a) => cmd::jobs::cancel(a),
     }
 }

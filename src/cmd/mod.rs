@@ -2,3 +2,6 @@
 pub mod generate;
 pub mod logits;
 pub mod train;
+pub mod jobs;
+pub mod serve;
+pub mod submit;

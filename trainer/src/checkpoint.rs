@@ -56,6 +56,8 @@ pub fn save(
         &tmp.join("optimizer.safetensors"),
         &weights::serialize(optim)?,
     )?;
+    // Crash tests stop here (KOALA_TRAINERD_PAUSE_AT=checkpoint-write-N): half a checkpoint.
+    crate::daemon::hooks::pause_point(&format!("checkpoint-write-{}", state.step));
     let st = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     weights::atomic_write(&tmp.join("state.json"), st.as_bytes())?;
     let dst = root.join(&name);

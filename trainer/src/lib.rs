@@ -1,11 +1,13 @@
-//! LLaMA fine-tuning core (see docs/training.md and docs/architecture.md).
+//! LLaMA fine-tuning core and daemon (see docs/training.md, docs/daemon.md and docs/architecture.md).
 //!
 //! * [`config`]: the architecture from a HF `config.json`;
 //! * [`weights`]: HF-layout safetensors load/save, seeded init, weight diff/recover;
 //! * [`hparams`], [`schedule`]: presets and the learning-rate schedule;
-//! * [`train`]: the training loop and the API the daemon calls.
+//! * [`train`]: the training loop and the API the daemon calls;
+//! * [`daemon`]: the gRPC job daemon (`koala-trainerd`, `koala serve`).
 pub mod checkpoint;
 pub mod config;
+pub mod daemon;
 pub mod data;
 pub mod error;
 pub mod generate;

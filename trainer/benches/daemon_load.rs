@@ -1,0 +1,334 @@
+//! Load bench of the trainer daemon: waves of 1,000 concurrent GetJob/ListJobs calls against the
+//! real `koala-trainerd` binary while it trains a small model, beside the same job trained with
+//! no load in the same run.
+//!
+//! Reports the per-call latency (p50/p90/p99/max) under training, the same with no job training,
+//! and the training step-time slowdown (median step time under load ÷ median without load).
+//!
+//! ```sh
+//! cargo bench -p koala-trainer --bench daemon_load
+//! # knobs: KOALA_BENCH_CALLS (1000), KOALA_BENCH_STEPS (30), KOALA_BENCH_CHANNELS (8),
+//! #        KOALA_TRAINERD (path of the daemon binary; default: the one cargo built)
+//! ```
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use koala_proto::v1::{
+    CancelJobRequest, GetJobRequest, GetMetricsRequest, JobSpec, JobState, ListJobsRequest,
+    job_spec::BaseModel,
+};
+use koala_trainer::daemon::client::{self, Client, ClientOptions};
+use koala_trainer::data::{Row, write_shard};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+fn env_num(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn write_data(root: &Path) {
+    let shards = root.join("shards/bench");
+    std::fs::create_dir_all(&shards).unwrap();
+    let (vocab, len) = (256u32, 64usize);
+    let rows: Vec<Row> = (0..512u32)
+        .map(|i| Row {
+            tokens: (0..len as u32)
+                .map(|j| (7 + i * 31 + j * (3 + i % 5)) % vocab)
+                .collect(),
+            loss_mask: (0..len).map(|j| u8::from(j >= 8)).collect(),
+            segment_ids: vec![0; len],
+        })
+        .collect();
+    write_shard(&shards.join("part-0.arrow"), &rows).unwrap();
+    std::fs::write(
+        shards.join("manifest.json"),
+        r#"{"vocab_size": 256, "shards": ["part-0.arrow"]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("models/bench")).unwrap();
+    std::fs::write(
+        root.join("models/bench/config.json"),
+        r#"{"vocab_size": 256, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5}"#,
+    )
+    .unwrap();
+}
+
+fn spec(out: &str, steps: u64) -> JobSpec {
+    JobSpec {
+        name: format!("bench {out}"),
+        base_model: Some(BaseModel::InitConfig("models/bench/config.json".into())),
+        shards_dir: "shards/bench".into(),
+        out_dir: format!("runs/{out}"),
+        preset: "tiny-cpu".into(),
+        hyperparameters: Some(koala_proto::v1::Hyperparameters {
+            batch_size: Some(8),
+            micro_batch_size: Some(8),
+            max_len: Some(64),
+            epochs: Some(1),
+            ..Default::default()
+        }),
+        seed: 5,
+        checkpoint_every: 1_000,
+        max_steps: steps,
+        ..Default::default()
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    pct(v, 0.5)
+}
+
+async fn wait_state(c: &mut Client, id: u64, st: JobState) {
+    loop {
+        let j = c.get_job(GetJobRequest { id }).await.unwrap().into_inner();
+        if j.state() == st {
+            return;
+        }
+        assert!(
+            !(koala_trainer::daemon::store::is_terminal(j.state())),
+            "job {id} ended {:?}: {}",
+            j.state(),
+            j.error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Step durations (ms) of a job from its stored metric timestamps, skipping step 1 (warm-up),
+/// optionally only for steps that ended inside `[from, to]` (Unix ms).
+async fn step_times(c: &mut Client, id: u64, window: Option<(i64, i64)>) -> Vec<f64> {
+    let pts = c
+        .get_metrics(GetMetricsRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .points;
+    pts.windows(2)
+        .filter(|w| w[0].step >= 1)
+        .filter(|w| window.is_none_or(|(a, b)| w[0].time_ms >= a && w[1].time_ms <= b))
+        .map(|w| (w[1].time_ms - w[0].time_ms) as f64)
+        .collect()
+}
+
+/// One wave: `n` calls launched at once (alternating GetJob and ListJobs), spread over the
+/// channels; returns per-call latencies in ms.
+async fn wave(clients: &[Client], n: usize, job: u64) -> Vec<f64> {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = clients[i % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            if i % 2 == 0 {
+                c.get_job(GetJobRequest { id: job })
+                    .await
+                    .map(|_| ())
+                    .unwrap();
+            } else {
+                c.list_jobs(ListJobsRequest {
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .unwrap();
+            }
+            t.elapsed().as_secs_f64() * 1e3
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn summary(name: &str, lat: &mut [f64]) -> serde_json::Value {
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p90, p99, max) = (pct(lat, 0.5), pct(lat, 0.9), pct(lat, 0.99), pct(lat, 1.0));
+    println!(
+        "{name:<28} calls {:>6}  p50 {p50:>7.2} ms  p90 {p90:>7.2} ms  p99 {p99:>7.2} ms  max {max:>7.2} ms",
+        lat.len()
+    );
+    serde_json::json!({"calls": lat.len(), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max})
+}
+
+async fn bench() {
+    let calls = env_num("KOALA_BENCH_CALLS", 1000);
+    let steps = env_num("KOALA_BENCH_STEPS", 30) as u64;
+    let n_channels = env_num("KOALA_BENCH_CHANNELS", 8).max(1);
+    let bin = std::env::var("KOALA_TRAINERD")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_koala-trainerd").to_string());
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    write_data(&root);
+    std::fs::create_dir_all(root.join("runs")).unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let cfg = dir.path().join("daemon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("daemon said {line:?}"))
+        .to_string();
+    let opts = ClientOptions {
+        addr,
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..n_channels {
+        clients.push(client::connect(&opts).await.unwrap());
+    }
+    let mut c = clients[0].clone();
+
+    // Phase A: the job alone. 200 cancelled jobs give ListJobs full pages.
+    let a = c
+        .submit_job(spec("alone", steps))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..200 {
+        let j = c
+            .submit_job(spec(&format!("filler-{i}"), 1))
+            .await
+            .unwrap()
+            .into_inner();
+        c.cancel_job(CancelJobRequest { id: j.id }).await.unwrap();
+    }
+    wait_state(&mut c, a.id, JobState::Succeeded).await;
+    let mut alone = step_times(&mut c, a.id, None).await;
+
+    // Phase B: the same job while waves of `calls` concurrent calls run.
+    let b = c
+        .submit_job(spec("loaded", steps))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let j = c
+            .get_job(GetJobRequest { id: b.id })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.step >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load_start = koala_trainer::daemon::store::now_ms();
+    let mut loaded_lat = Vec::new();
+    let mut first_wave = Vec::new();
+    let mut waves = 0;
+    let mut wave_ms = Vec::new();
+    loop {
+        let j = c
+            .get_job(GetJobRequest { id: b.id })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state() != JobState::Running || j.step + 1 >= steps {
+            break;
+        }
+        let t = Instant::now();
+        let lat = wave(&clients, calls, b.id).await;
+        wave_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if waves == 0 {
+            first_wave = lat.clone();
+        }
+        loaded_lat.extend(lat);
+        waves += 1;
+    }
+    let load_end = koala_trainer::daemon::store::now_ms();
+    wait_state(&mut c, b.id, JobState::Succeeded).await;
+    let mut under_load = step_times(&mut c, b.id, Some((load_start, load_end))).await;
+
+    // Phase C: the same waves with nothing training.
+    let mut idle_lat = Vec::new();
+    for _ in 0..waves.clamp(1, 5) {
+        idle_lat.extend(wave(&clients, calls, b.id).await);
+    }
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "daemon load bench: {calls} concurrent calls per wave over {n_channels} channels, {waves} waves; {cores} cores, loadavg {}",
+        load.trim()
+    );
+    let s_first = summary("first wave, training", &mut first_wave);
+    let s_loaded = summary("all waves, training", &mut loaded_lat);
+    let s_idle = summary("idle (no job training)", &mut idle_lat);
+    let m_alone = median(&mut alone);
+    let m_loaded = median(&mut under_load);
+    let slowdown = m_loaded / m_alone;
+    println!(
+        "step time: alone median {m_alone:.1} ms ({} steps), under load median {m_loaded:.1} ms ({} steps): slowdown {slowdown:.2}x",
+        alone.len(),
+        under_load.len()
+    );
+    println!(
+        "wave wall time: median {:.1} ms; p99 goal < 50 ms: {}",
+        median(&mut wave_ms),
+        if s_loaded["p99_ms"].as_f64().unwrap_or(f64::INFINITY) < 50.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let report = serde_json::json!({
+        "calls_per_wave": calls, "channels": n_channels, "waves": waves, "cores": cores,
+        "loadavg": load.trim(), "first_wave": s_first, "training": s_loaded, "idle": s_idle,
+        "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
+        "step_slowdown": slowdown,
+    });
+    println!("{report}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    // `cargo bench` passes --bench; there are no other arguments to honour.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}

@@ -1,0 +1,26 @@
+//! `koala-trainerd --config daemon.toml`: the gRPC trainer daemon (see docs/daemon.md).
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The koala trainer daemon: queues fine-tuning jobs and runs them, resuming after a crash.
+#[derive(Parser)]
+#[command(name = "koala-trainerd", version)]
+struct Args {
+    /// The daemon's TOML config (listen, data_root, state_dir, token_file, ...).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    koala_trainer::daemon::cli::run_daemon(&args.config)?;
+    Ok(())
+}

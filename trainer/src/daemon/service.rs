@@ -1,0 +1,305 @@
+//! The `TrainerService` implementation: thin async handlers over the store and the scheduler.
+//! Store access runs on the blocking pool, bounded by a semaphore, so that RPCs stay responsive
+//! and a burst of reads cannot starve the runtime.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use koala_proto::v1::trainer_service_server::TrainerService;
+use koala_proto::v1::{
+    CancelJobRequest, GetJobRequest, GetMetricsRequest, GetMetricsResponse, Job, JobEvent, JobSpec,
+    JobState, ListJobsRequest, ListJobsResponse, WatchJobRequest, job_event::Kind,
+};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::error::DaemonError;
+use super::hooks::pause_point;
+use super::scheduler::{Core, Scheduler};
+use super::store::{CancelOutcome, SubmitOutcome, is_terminal};
+use super::validate;
+
+/// Default and largest `ListJobs` page.
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 1000;
+/// Concurrent store reads.
+const READ_PERMITS: usize = 8;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct TrainerApi {
+    core: Arc<Core>,
+    scheduler: Arc<Scheduler>,
+    reads: Arc<Semaphore>,
+    max_queued: u64,
+}
+
+impl TrainerApi {
+    pub fn new(core: Arc<Core>, scheduler: Arc<Scheduler>, max_queued: u64) -> Self {
+        TrainerApi {
+            core,
+            scheduler,
+            reads: Arc::new(Semaphore::new(READ_PERMITS)),
+            max_queued,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || f(&core))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+    }
+}
+
+fn internal(e: DaemonError) -> Status {
+    tracing::error!("{e}");
+    Status::internal(e.to_string())
+}
+
+fn not_found(id: u64) -> Status {
+    Status::not_found(format!("no job {id}"))
+}
+
+fn is_terminal_event(ev: &JobEvent) -> bool {
+    matches!(&ev.kind, Some(Kind::StateChanged(s)) if is_terminal(s.state()))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl TrainerService for TrainerApi {
+    async fn submit_job(&self, req: Request<JobSpec>) -> Result<Response<Job>, Status> {
+        let spec = req.into_inner();
+        let max_queued = self.max_queued;
+        let scheduler = self.scheduler.clone();
+        // Writes go straight to the blocking pool: the writer connection serialises them anyway.
+        let core = self.core.clone();
+        let job = tokio::task::spawn_blocking(move || -> Result<Job, Status> {
+            if !spec.idempotency_key.is_empty()
+                && let Some(job) = core
+                    .store
+                    .get_by_key(&spec.idempotency_key)
+                    .map_err(internal)?
+            {
+                return if job.spec.as_ref() == Some(&spec) {
+                    Ok(job)
+                } else {
+                    Err(Status::already_exists(format!(
+                        "idempotency_key {:?} already names job {} with a different spec",
+                        spec.idempotency_key, job.id
+                    )))
+                };
+            }
+            let paths = validate::validate(&spec, &core.data_root)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let out_dir = paths.out_dir.to_string_lossy().into_owned();
+            match core
+                .store
+                .submit(&spec, &out_dir, max_queued)
+                .map_err(internal)?
+            {
+                SubmitOutcome::Created(job, ev) => {
+                    core.publish([ev]);
+                    pause_point("submitted");
+                    scheduler.wake();
+                    tracing::info!("job {} queued", job.id);
+                    Ok(job)
+                }
+                SubmitOutcome::Existing(job) => Ok(job),
+                SubmitOutcome::KeyConflict(job) => Err(Status::already_exists(format!(
+                    "idempotency_key {:?} already names job {} with a different spec",
+                    spec.idempotency_key, job.id
+                ))),
+                SubmitOutcome::QueueFull(n) => Err(Status::resource_exhausted(format!(
+                    "the queue is full ({n} jobs queued; max_queued_jobs = {max_queued})"
+                ))),
+                SubmitOutcome::OutDirBusy(other) => Err(Status::failed_precondition(format!(
+                    "out_dir: job {other} is already writing to {out_dir}"
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("submit task failed: {e}")))??;
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let id = req.into_inner().id;
+        let job = self
+            .blocking(move |c| {
+                c.store
+                    .get(id)
+                    .map_err(internal)?
+                    .ok_or_else(|| not_found(id))
+            })
+            .await?;
+        Ok(Response::new(job))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let req = req.into_inner();
+        let page = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} is above the limit {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let mut states = Vec::new();
+        for s in &req.states {
+            match JobState::try_from(*s) {
+                Ok(JobState::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "states: {s} is not a job state"
+                    )));
+                }
+                Ok(st) => states.push(st),
+            }
+        }
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a ListJobs response")
+            })?)
+        };
+        let (jobs, next) = self
+            .blocking(move |c| {
+                c.store
+                    .list(&states, page as usize, before)
+                    .map_err(internal)
+            })
+            .await?;
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let id = req.into_inner().id;
+        let scheduler = self.scheduler.clone();
+        let outcome = tokio::task::spawn_blocking(move || scheduler.cancel(id))
+            .await
+            .map_err(|e| Status::internal(format!("cancel task failed: {e}")))?
+            .map_err(internal)?;
+        match outcome {
+            CancelOutcome::Cancelled(job, _)
+            | CancelOutcome::Requested(job)
+            | CancelOutcome::AlreadyFinal(job) => Ok(Response::new(job)),
+            CancelOutcome::NotFound => Err(not_found(id)),
+        }
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        req: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let WatchJobRequest { id, after_seq } = req.into_inner();
+        // Subscribe before reading the history, so that nothing falls between the two.
+        let mut live = self.core.events.subscribe();
+        // The job is read before its events: if it is already final, the history holds every
+        // event it will ever have.
+        let (finished, history) = self
+            .blocking(move |c| {
+                let job = c
+                    .store
+                    .get(id)
+                    .map_err(internal)?
+                    .ok_or_else(|| not_found(id))?;
+                let evs = c.store.events_after(id, after_seq).map_err(internal)?;
+                Ok((is_terminal(job.state()), evs))
+            })
+            .await?;
+        let (tx, rx) = mpsc::channel(256);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut last = after_seq;
+            // Sends events in order past `last`; returns true when the stream is over.
+            async fn forward(
+                tx: &mpsc::Sender<Result<JobEvent, Status>>,
+                evs: Vec<JobEvent>,
+                last: &mut u64,
+            ) -> bool {
+                for ev in evs {
+                    if ev.seq <= *last {
+                        continue;
+                    }
+                    *last = ev.seq;
+                    let end = is_terminal_event(&ev);
+                    if tx.send(Ok(ev)).await.is_err() || end {
+                        return true;
+                    }
+                }
+                false
+            }
+            if forward(&tx, history, &mut last).await || finished {
+                return;
+            }
+            loop {
+                let got = tokio::select! {
+                    r = live.recv() => r,
+                    _ = tx.closed() => return,
+                };
+                let evs = match got {
+                    Ok(ev) if ev.job_id != id || ev.seq <= last => continue,
+                    Ok(ev) if ev.seq == last + 1 => vec![ev],
+                    // A gap (an event published out of order, or a lagging receiver): read the
+                    // store, which holds every event before it is published.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let from = last;
+                        match api
+                            .blocking(move |c| c.store.events_after(id, from).map_err(internal))
+                            .await
+                        {
+                            Ok(evs) => evs,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if forward(&tx, evs, &mut last).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let id = req.into_inner().id;
+        let points = self
+            .blocking(move |c| {
+                c.store
+                    .get(id)
+                    .map_err(internal)?
+                    .ok_or_else(|| not_found(id))?;
+                c.store.metrics(id).map_err(internal)
+            })
+            .await?;
+        Ok(Response::new(GetMetricsResponse { points }))
+    }
+}
