@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{Threads, gemm_strided};
-use super::{dot, expect_len, mul};
+use super::{dot, exp, expect_len, mul};
 use crate::{AttnShape, Error, Result};
 
 /// Queries per block.
@@ -178,7 +178,7 @@ pub(crate) fn forward(
                         let mut sum = 0f32;
                         for (jj, x) in srow.iter_mut().enumerate() {
                             *x = if visible(seg_row, i, klo + jj) {
-                                (*x - mx).exp()
+                                exp(*x - mx)
                             } else {
                                 0.0
                             };
@@ -321,7 +321,7 @@ pub(crate) fn backward(
                     let (l, di) = (lse_h[i], dd[(bi * t + i) * nh + h]);
                     for (jj, (pv, dsv)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
                         if visible(seg_row, i, klo + jj) {
-                            *pv = (*pv * d.scale - l).exp();
+                            *pv = exp(*pv * d.scale - l);
                             *dsv = *pv * (*dsv - di) * d.scale;
                         } else {
                             *pv = 0.0;
