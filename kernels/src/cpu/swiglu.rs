@@ -3,16 +3,17 @@
 //! Contract (see [`crate::Backend::swiglu_fwd`]): `out = silu(gate) * up` elementwise over `len`
 //! elements (`[n, c]` in the model), `silu(x) = x·σ(x)`. Backward (activation gradients:
 //! overwrite): `dup = dout · silu(gate)`,
-//! `dgate = dout · up · σ(gate) · (1 + gate · (1 − σ(gate)))`. σ is computed as `1/(1+e^(−x))`,
-//! which saturates cleanly to 0 or 1 for large |x| (no NaN). Elementwise, fixed chunks.
+//! `dgate = dout · up · σ(gate) · (1 + gate · (1 − σ(gate)))`. σ is computed as `1/(1+e^(−x))`
+//! with the vectorisable [`exp`](super::exp), which saturates cleanly to 0 or 1 for large |x| (no
+//! NaN). Elementwise, fixed chunks.
 use rayon::prelude::*;
 
-use super::{ELEM_CHUNK, expect_len};
+use super::{ELEM_CHUNK, exp, expect_len};
 use crate::Result;
 
 #[inline]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 pub(crate) fn forward(out: &mut [f32], gate: &[f32], up: &[f32], len: usize) -> Result<()> {
