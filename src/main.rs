@@ -19,6 +19,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
+    Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
+    Bleu(cmd::bleu::BleuArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +34,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Bleu(args) => cmd::bleu::run(args),
+        Command::Decontaminate(args) => cmd::decontaminate::run(args),
+    }
 }

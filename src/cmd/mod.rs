@@ -1,1 +1,3 @@
 //! One module per `koala` subcommand.
+pub mod bleu;
+pub mod decontaminate;
