@@ -35,6 +35,10 @@ enum Command {
     Job(cmd::jobs::JobArgs),
     /// Cancel a job (a running one stops at its next step boundary).
     Cancel(cmd::jobs::CancelArgs),
+    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
+    Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
+    Bleu(cmd::bleu::BleuArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Jobs(a) => cmd::jobs::jobs(a),
         Command::Job(a) => cmd::jobs::job(a),
         Command::Cancel(a) => cmd::jobs::cancel(a),
+        Command::Bleu(args) => cmd::bleu::run(args),
+        Command::Decontaminate(args) => cmd::decontaminate::run(args),
     }
 }

@@ -5,3 +5,5 @@ pub mod train;
 pub mod jobs;
 pub mod serve;
 pub mod submit;
+pub mod bleu;
+pub mod decontaminate;
