@@ -221,6 +221,8 @@ fn check_signature(name: &str, args: &[Arg], want: &[ParamKind]) -> Result<()> {
 }
 
 const BLOCK: u32 = 256;
+/// Row chunks of the RMSNorm `dw` reduction (fixed, so the sum order does not depend on the device).
+const RMS_DW_CHUNKS: usize = 64;
 /// Grid size of `global_norm_fwd_*` (fixed, so the reduction order does not depend on the device).
 const GN_BLOCKS: usize = 256;
 /// Must match `ATT_WARPS`, `ATT_TILE` and `ATT_MAX_HD` in `kernels/cuda/attention.cu`.
@@ -869,8 +871,12 @@ impl Backend for CudaBackend {
                 Arg::I32(ci),
             ],
         )?;
+        // dw: fp32 partials per row chunk, then the chunks added in order (deterministic).
+        let chunks = n.min(RMS_DW_CHUNKS);
+        let partial = self.zeros_dtype(chunks * c, DType::F32)?;
+        let cols = (c as u32).div_ceil(BLOCK);
         let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(BLOCK), 1, 1),
+            grid_dim: (cols, chunks as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -878,11 +884,26 @@ impl Backend for CudaBackend {
             &format!("rmsnorm_bwd_dw_{}", t.suffix()),
             cfg,
             &[
-                Arg::Ptr(dw.ptr(s)),
+                Arg::Ptr(partial.ptr(s)),
                 Arg::Ptr(doutp),
                 Arg::Ptr(x.ptr(s)),
                 Arg::Ptr(rp),
                 Arg::I32(ni),
+                Arg::I32(ci),
+            ],
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (cols, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(
+            "rmsnorm_bwd_dwsum_f32",
+            cfg,
+            &[
+                Arg::Ptr(dw.ptr(s)),
+                Arg::Ptr(partial.ptr(s)),
+                Arg::I32(chunks as i32),
                 Arg::I32(ci),
             ],
         )
