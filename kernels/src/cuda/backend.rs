@@ -272,6 +272,8 @@ pub struct CudaBackend {
     funcs: HashMap<&'static str, CudaFunction>,
     /// Parameter kinds of every kernel, from its PTX (checked on every launch).
     sigs: HashMap<String, Vec<ParamKind>>,
+    /// Wait for every launch to finish (benches; debugging).
+    blocking: std::sync::atomic::AtomicBool,
 }
 
 /// Whether the CUDA driver library can be loaded on this machine (never panics).
@@ -352,6 +354,7 @@ impl CudaBackend {
             blas,
             funcs,
             sigs,
+            blocking: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -378,6 +381,20 @@ impl CudaBackend {
     /// The stream every op is launched on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Blocking mode: every op waits for its kernels to finish before returning (for per-op
+    /// timing and for pinning an asynchronous error to the op that caused it). Off by default.
+    pub fn set_blocking(&self, on: bool) {
+        self.blocking
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn after_launch(&self) -> Result<()> {
+        if self.blocking.load(std::sync::atomic::Ordering::Relaxed) {
+            self.synchronize()?;
+        }
+        Ok(())
     }
 
     /// Waits for all queued work.
@@ -461,7 +478,7 @@ impl CudaBackend {
         // signature matches `args` (same order and widths; pointers as u64), and the buffers
         // outlive the launch in stream order (temporaries are freed on the same stream).
         unsafe { b.launch(cfg) }.map_err(dev(name))?;
-        Ok(())
+        self.after_launch()
     }
 
     /// Converts `buf` in place to `dtype` (keeping its values), if it is not already.
@@ -591,7 +608,8 @@ impl CudaBackend {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(dev(op))
+        .map_err(dev(op))?;
+        self.after_launch()
     }
 
     fn att_smem(hd: usize, extra_rows: usize, extra: usize) -> u32 {
@@ -625,8 +643,9 @@ impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Ids = CudaIds;
 
+    /// `cuda:N-f32` or `cuda:N-bf16`.
     fn name(&self) -> String {
-        format!("cuda:{}", self.ordinal)
+        format!("cuda:{}-{}", self.ordinal, self.precision.act().suffix())
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {

@@ -149,6 +149,77 @@ pub fn forward_vs_reference<B: Backend>(be: &B) {
     check_close64("attn lse vs f64", &lse, &want_lse, 1e-5, 1e-5);
 }
 
+/// Rows longer than one block of queries (64), with segments that straddle block edges.
+pub fn multi_block<B: Backend>(be: &B) {
+    let s = AttnShape {
+        b: 2,
+        t: 150,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+    };
+    let seg_h: Vec<u32> = (0..300)
+        .map(|i| if i < 150 { (i / 70) as u32 } else { 9 })
+        .collect();
+    let (q, k, v) = case(16, s, &seg_h);
+    let seg = be.upload_ids(&seg_h).unwrap();
+    let (out, lse) = run_fwd(be, &q, &k, &v, &seg, s);
+    let (want_out, want_lse) = reference(&q, &k, &v, &seg_h, s);
+    check_close64("attn multi-block out", &out, &want_out, 1e-5, 1e-5);
+    check_close64("attn multi-block lse", &lse, &want_lse, 1e-5, 1e-5);
+    let mut r = rng(17);
+    let proj = uniform(&mut r, q.len(), 1.0);
+    let (mut dq, mut dk, mut dv) = (
+        be.zeros(q.len()).unwrap(),
+        be.zeros(k.len()).unwrap(),
+        be.zeros(v.len()).unwrap(),
+    );
+    let (qb, kb, vb) = (up(be, &q), up(be, &k), up(be, &v));
+    be.attention_bwd(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &up(be, &proj),
+        &qb,
+        &kb,
+        &vb,
+        &up(be, &out),
+        &up(be, &lse),
+        &seg,
+        s,
+    )
+    .unwrap();
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| project(&run_fwd(be, q, k, v, &seg, s).0, &proj);
+    // Every 37th element: enough to cover each block and segment, cheap in a debug build.
+    check_grad(
+        "attn multi-block dq",
+        &down(be, &dq),
+        &q,
+        1e-2,
+        2e-3,
+        37,
+        |x| loss(x, &k, &v),
+    );
+    check_grad(
+        "attn multi-block dk",
+        &down(be, &dk),
+        &k,
+        1e-2,
+        2e-3,
+        37,
+        |x| loss(&q, x, &v),
+    );
+    check_grad(
+        "attn multi-block dv",
+        &down(be, &dv),
+        &v,
+        1e-2,
+        2e-3,
+        37,
+        |x| loss(&q, &k, x),
+    );
+}
+
 /// A packed row equals its segments run alone (what packing relies on).
 pub fn packed_equals_separate<B: Backend>(be: &B) {
     let s = AttnShape {
@@ -270,6 +341,7 @@ pub fn errors<B: Backend>(be: &B) {
 crate::cpu_tests!(
     literal,
     forward_vs_reference,
+    multi_block,
     packed_equals_separate,
     grad,
     errors

@@ -78,8 +78,8 @@ fn attention_rope() {
     let k = uniform(&mut r, s.b * s.t * s.n_kv_heads * s.head_dim, 1.0);
     let v = uniform(&mut r, k.len(), 1.0);
     let dout = uniform(&mut r, q.len(), 1.0);
-    let seg: Vec<u32> = (0..s.b * s.t).map(|i| (i / 20) as u32).collect();
-    let pos: Vec<u32> = (0..s.b * s.t).map(|i| (i % 20) as u32).collect();
+    let seg: Vec<u32> = (0..s.b * s.t).map(|i| (i / 70) as u32).collect();
+    let pos: Vec<u32> = (0..s.b * s.t).map(|i| (i % 70) as u32).collect();
     assert_deterministic("attention+rope", || {
         let be = CpuBackend::new();
         let mut qr = q.clone();
