@@ -1,5 +1,5 @@
-//! One criterion bench per op direction, written once over [`Backend`] so each backend (CPU now,
-//! CUDA behind its feature) runs the same shapes. Shapes are those of a stories15M-like training
+//! One criterion bench per op direction, written once over [`Backend`] so each backend (the CPU, and
+//! CUDA fp32/bf16 when a GPU is usable) runs the same shapes. Shapes are those of a stories15M-like training
 //! step (dim 288, hidden 768, 6 heads of 48, vocab 32000, batch 4 × seq 256 = 1024 tokens).
 //!
 //! Baselines in the same run: `matmul_fwd` also times the `matrixmultiply` crate (single thread) and
@@ -313,6 +313,32 @@ fn matmul_baselines(c: &mut Criterion) {
 fn benches(c: &mut Criterion) {
     bench_backend(c, &CpuBackend::new());
     matmul_baselines(c);
+    cuda_benches(c);
+}
+
+/// The same benches on the GPU, fp32 and bf16 (`<op>/cuda:0-f32`, `<op>/cuda:0-bf16`), only when a
+/// GPU is usable. The backend runs in blocking mode (each op waits for its kernels), so every
+/// iteration times finished work.
+#[cfg(feature = "cuda")]
+fn cuda_benches(c: &mut Criterion) {
+    use koala_kernels::cuda::{CudaBackend, Precision};
+    for precision in [Precision::F32, Precision::Bf16] {
+        match CudaBackend::new(0, precision) {
+            Ok(be) => {
+                be.set_blocking(true);
+                bench_backend(c, &be);
+            }
+            Err(e) => {
+                eprintln!("skipped: CUDA benches: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_benches(_c: &mut Criterion) {
+    eprintln!("skipped: CUDA benches: koala-kernels built without the `cuda` feature");
 }
 
 criterion_group!(ops, benches);

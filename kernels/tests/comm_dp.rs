@@ -156,3 +156,77 @@ fn two_workers_equal_one_worker_on_the_full_batch() {
 fn zero1_two_workers_equal_one_worker_on_the_full_batch() {
     check_equivalent(true);
 }
+
+/// The same training through the launcher a job uses (`launch_cpu`, `launch`).
+struct Train {
+    zero1: bool,
+}
+
+impl koala_kernels::comm::Worker for Train {
+    type Output = Vec<Vec<f32>>;
+    fn run<B: Backend, C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+    ) -> koala_kernels::Result<Self::Output> {
+        let cfg = Config::tiny();
+        let world = comm.world_size();
+        let rows = BATCH / world;
+        let mut model = TinyLlama::new(be, cfg, 42)?;
+        let mut opt = DpOptimizer::new(be, comm, &model.params(), self.zero1)?;
+        for step in 1..=STEPS {
+            let full = Batch::synthetic(&cfg, BATCH, 100 + step);
+            let mine = full.rows(cfg.seq_len, comm.rank() * rows, rows, world as f32);
+            model.zero_grads(be)?;
+            model.forward_backward(be, &mine)?;
+            let (mut params, mut grads) = model.params_and_grads_mut();
+            opt.step(be, comm, &mut params, &mut grads, &hp(step), Some(1.0))?;
+        }
+        model.params().iter().map(|p| be.download(p)).collect()
+    }
+}
+
+#[test]
+fn launcher_runs_the_same_data_parallel_training() {
+    use koala_kernels::comm::{launch, launch_cpu};
+    use koala_kernels::select::DeviceSpec;
+    let one = launch(&[DeviceSpec::Cpu], &Train { zero1: false })
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        one,
+        run_group(1, false).pop().unwrap().params,
+        "launch(cpu) is the single-worker run"
+    );
+    for zero1 in [false, true] {
+        let two = launch_cpu(2, &Train { zero1 }).unwrap();
+        assert_eq!(two[0], two[1]);
+        for (i, (p, p1)) in two[0].iter().zip(&one).enumerate() {
+            assert_close(
+                &format!("launch_cpu(2) zero1={zero1} param {i}"),
+                p,
+                p1,
+                2e-5,
+            );
+        }
+    }
+    // Device lists that cannot form a group are errors, never panics.
+    assert!(launch(&[], &Train { zero1: false }).is_err());
+    assert!(
+        launch(
+            &[DeviceSpec::Cpu, DeviceSpec::Cuda(0)],
+            &Train { zero1: false }
+        )
+        .is_err()
+    );
+    if koala_kernels::select::select("cuda:0").is_err() {
+        let e = launch(
+            &[DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)],
+            &Train { zero1: false },
+        )
+        .err()
+        .unwrap();
+        eprintln!("cuda:0..2 without GPUs: {e}");
+    }
+}

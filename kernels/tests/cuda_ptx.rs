@@ -47,6 +47,7 @@ const EXPECTED: &[&str] = &[
     "rmsnorm_bwd_bf16",
     "rmsnorm_bwd_dw_bf16",
     "rmsnorm_bwd_dw_f32",
+    "rmsnorm_bwd_dwsum_f32",
     "rmsnorm_bwd_f32",
     "rmsnorm_fwd_bf16",
     "rmsnorm_fwd_f32",

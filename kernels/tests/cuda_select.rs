@@ -52,7 +52,7 @@ fn cpu_is_always_available() {
 fn auto_never_fails_and_explains_a_fallback() {
     let sel = select("auto").unwrap();
     if gpu_available() {
-        assert_eq!(sel.name(), "cuda:0");
+        assert_eq!(sel.name(), "cuda:0-bf16");
     } else {
         assert_eq!(sel.name(), "cpu");
         let why = sel.fallback().expect("a fallback reason");
@@ -65,7 +65,7 @@ fn auto_never_fails_and_explains_a_fallback() {
 fn explicit_cuda_without_gpu_is_a_clear_error() {
     if gpu_available() {
         let sel = select("cuda:0").unwrap();
-        assert_eq!(sel.name(), "cuda:0");
+        assert_eq!(sel.name(), "cuda:0-bf16");
         assert!(sel.fallback().is_none());
         let e = select("cuda:4096").err().expect("no machine has 4097 GPUs");
         assert!(e.to_string().contains("cuda:4096"), "{e}");

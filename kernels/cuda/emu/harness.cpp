@@ -145,7 +145,7 @@ void test_embedding(uint64_t seed) {
 template <typename T>
 void test_rmsnorm(uint64_t seed) {
     Rng r(seed);
-    int n = 21, c = 200;
+    int n = 150, c = 200;  // 64 chunks of 3 rows (the last ones shorter or empty)
     float eps = 1e-5f;
     auto x = r.uniform((size_t)n * c, 2.0f), w = r.uniform(c, 1.0f), dout = r.uniform((size_t)n * c, 1.0f);
     auto dw0 = r.uniform(c, 0.5f);
@@ -154,7 +154,10 @@ void test_rmsnorm(uint64_t seed) {
     std::vector<float> rstd(n), dw = dw0;
     emu::launch(d3(cdiv(n, 8)), d3(256), 0, [&] { rmsnorm_fwd_k<T>::f(out.data(), rstd.data(), xd.data(), wd.data(), n, c, eps); });
     emu::launch(d3(cdiv(n, 8)), d3(256), 0, [&] { rmsnorm_bwd_k<T>::f(dx.data(), dd.data(), xd.data(), wd.data(), rstd.data(), n, c); });
-    emu::launch(d3(cdiv(c, 256)), d3(256), 0, [&] { rmsnorm_bwd_dw_k<T>::f(dw.data(), dd.data(), xd.data(), rstd.data(), n, c); });
+    const int chunks = n < 64 ? n : 64;  // as the launcher: min(n, RMS_DW_CHUNKS)
+    std::vector<float> partial((size_t)chunks * c, 12345.0f);
+    emu::launch(d3(cdiv(c, 256), chunks), d3(256), 0, [&] { rmsnorm_bwd_dw_k<T>::f(partial.data(), dd.data(), xd.data(), rstd.data(), n, c); });
+    emu::launch(d3(cdiv(c, 256)), d3(256), 0, [&] { rmsnorm_bwd_dwsum_f32(dw.data(), partial.data(), chunks, c); });
     std::vector<double> wo(n * c), wr(n), wdx(n * c), wdw(dw0.begin(), dw0.end());
     for (int i = 0; i < n; ++i) {
         double ss = 0;

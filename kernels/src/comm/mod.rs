@@ -36,12 +36,14 @@
 //! assert_eq!(outs, vec![vec![1.5; 3], vec![1.5; 3]]);
 //! ```
 mod dp;
+mod launch;
 pub mod model;
 #[cfg(feature = "cuda")]
 mod nccl;
 mod threads;
 
 pub use dp::DpOptimizer;
+pub use launch::{Worker, launch, launch_cpu};
 #[cfg(feature = "cuda")]
 pub use nccl::{NcclComm, nccl_present, read_id_file, write_id_file};
 pub use threads::ThreadComm;

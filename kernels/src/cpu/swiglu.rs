@@ -52,11 +52,12 @@ pub(crate) fn backward(
                 .zip(gate.par_chunks(ELEM_CHUNK).zip(up.par_chunks(ELEM_CHUNK))),
         )
         .for_each(|((dg, du), (d, (g, u)))| {
-            for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
-                let silu = g[i] * s;
-                du[i] = d[i] * silu;
-                dg[i] = d[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+            for ((dg, du), ((&d, &g), &u)) in
+                dg.iter_mut().zip(du.iter_mut()).zip(d.iter().zip(g).zip(u))
+            {
+                let s = sigmoid(g);
+                *du = d * (g * s);
+                *dg = d * u * (s * (1.0 + g * (1.0 - s)));
             }
         });
     Ok(())

@@ -221,6 +221,8 @@ fn check_signature(name: &str, args: &[Arg], want: &[ParamKind]) -> Result<()> {
 }
 
 const BLOCK: u32 = 256;
+/// Row chunks of the RMSNorm `dw` reduction (fixed, so the sum order does not depend on the device).
+const RMS_DW_CHUNKS: usize = 64;
 /// Grid size of `global_norm_fwd_*` (fixed, so the reduction order does not depend on the device).
 const GN_BLOCKS: usize = 256;
 /// Must match `ATT_WARPS`, `ATT_TILE` and `ATT_MAX_HD` in `kernels/cuda/attention.cu`.
@@ -270,6 +272,8 @@ pub struct CudaBackend {
     funcs: HashMap<&'static str, CudaFunction>,
     /// Parameter kinds of every kernel, from its PTX (checked on every launch).
     sigs: HashMap<String, Vec<ParamKind>>,
+    /// Wait for every launch to finish (benches; debugging).
+    blocking: std::sync::atomic::AtomicBool,
 }
 
 /// Whether the CUDA driver library can be loaded on this machine (never panics).
@@ -350,6 +354,7 @@ impl CudaBackend {
             blas,
             funcs,
             sigs,
+            blocking: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -376,6 +381,20 @@ impl CudaBackend {
     /// The stream every op is launched on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Blocking mode: every op waits for its kernels to finish before returning (for per-op
+    /// timing and for pinning an asynchronous error to the op that caused it). Off by default.
+    pub fn set_blocking(&self, on: bool) {
+        self.blocking
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn after_launch(&self) -> Result<()> {
+        if self.blocking.load(std::sync::atomic::Ordering::Relaxed) {
+            self.synchronize()?;
+        }
+        Ok(())
     }
 
     /// Waits for all queued work.
@@ -459,7 +478,7 @@ impl CudaBackend {
         // signature matches `args` (same order and widths; pointers as u64), and the buffers
         // outlive the launch in stream order (temporaries are freed on the same stream).
         unsafe { b.launch(cfg) }.map_err(dev(name))?;
-        Ok(())
+        self.after_launch()
     }
 
     /// Converts `buf` in place to `dtype` (keeping its values), if it is not already.
@@ -589,7 +608,8 @@ impl CudaBackend {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(dev(op))
+        .map_err(dev(op))?;
+        self.after_launch()
     }
 
     fn att_smem(hd: usize, extra_rows: usize, extra: usize) -> u32 {
@@ -623,8 +643,9 @@ impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Ids = CudaIds;
 
+    /// `cuda:N-f32` or `cuda:N-bf16`.
     fn name(&self) -> String {
-        format!("cuda:{}", self.ordinal)
+        format!("cuda:{}-{}", self.ordinal, self.precision.act().suffix())
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
@@ -869,8 +890,12 @@ impl Backend for CudaBackend {
                 Arg::I32(ci),
             ],
         )?;
+        // dw: fp32 partials per row chunk, then the chunks added in order (deterministic).
+        let chunks = n.min(RMS_DW_CHUNKS);
+        let partial = self.zeros_dtype(chunks * c, DType::F32)?;
+        let cols = (c as u32).div_ceil(BLOCK);
         let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(BLOCK), 1, 1),
+            grid_dim: (cols, chunks as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -878,11 +903,26 @@ impl Backend for CudaBackend {
             &format!("rmsnorm_bwd_dw_{}", t.suffix()),
             cfg,
             &[
-                Arg::Ptr(dw.ptr(s)),
+                Arg::Ptr(partial.ptr(s)),
                 Arg::Ptr(doutp),
                 Arg::Ptr(x.ptr(s)),
                 Arg::Ptr(rp),
                 Arg::I32(ni),
+                Arg::I32(ci),
+            ],
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (cols, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(
+            "rmsnorm_bwd_dwsum_f32",
+            cfg,
+            &[
+                Arg::Ptr(dw.ptr(s)),
+                Arg::Ptr(partial.ptr(s)),
+                Arg::I32(chunks as i32),
                 Arg::I32(ci),
             ],
         )

@@ -58,6 +58,7 @@ pub const MODULES: &[Module] = &[
             "rmsnorm_bwd_bf16",
             "rmsnorm_bwd_dw_f32",
             "rmsnorm_bwd_dw_bf16",
+            "rmsnorm_bwd_dwsum_f32",
         ],
     },
     Module {
