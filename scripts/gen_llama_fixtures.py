@@ -6,7 +6,8 @@ embeddings) with a fixed seed, and we record
   * its weights as `transformers` saves them: model.safetensors + config.json (f32), a sharded copy
     (model.safetensors.index.json), and bf16 / f16 copies;
   * input ids and the loss mask (labels = -100 where the mask is 0);
-  * the logits, the masked-mean loss and the gradient of every parameter;
+  * the logits, each layer's input hidden state, the masked-mean loss and every parameter's
+    gradient;
   * the EasyLM per-row-mean loss of the same logits;
   * the losses and pre-clip gradient norms of 10 AdamW steps (torch.optim.AdamW, HF Trainer's
     param groups: no weight decay on 1-D weights; clip_grad_norm_; a per-step lr list).
@@ -89,10 +90,14 @@ def main():
     mask[1, 11:] = 0   # padding-like tail
 
     model.zero_grad()
-    logits = model(input_ids=ids).logits
+    fwd = model(input_ids=ids, output_hidden_states=True)
+    logits = fwd.logits
     loss = loss_fn(logits, ids, mask)
     loss.backward()
     expected = {"logits": logits.detach().contiguous()}
+    # hidden_states[l] is the input of layer l for l < L (the last entry is after the final norm).
+    for l in range(cfg.num_hidden_layers):
+        expected[f"hidden.{l}"] = fwd.hidden_states[l].detach().contiguous()
     for name, p in model.named_parameters():
         expected["grad." + name] = p.grad.detach().contiguous()
     save_file(expected, os.path.join(OUT, "expected.safetensors"))

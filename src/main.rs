@@ -19,6 +19,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Train locally on token shards (progress bar, metrics JSONL, loss curve, checkpoints).
+    Train(cmd::train::Args),
+    /// Write the fp32 logits of a batch of token ids as .npy (cross-check against transformers).
+    Logits(cmd::logits::Args),
+    /// Sample from a checkpoint (temperature, top-k, top-p, stop string, KV-cache).
+    Generate(cmd::generate::Args),
     /// Run the gRPC trainer daemon (see docs/daemon.md).
     Serve(cmd::serve::ServeArgs),
     /// Submit a job file to the daemon; --watch follows it with a progress bar.
@@ -41,6 +47,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(a) => cmd::train::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Submit(a) => cmd::submit::run(a),
         Command::Jobs(a) => cmd::jobs::jobs(a),

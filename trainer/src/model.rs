@@ -328,6 +328,21 @@ impl<B: Backend> Llama<B> {
         Ok(be.download(&a.logits)?)
     }
 
+    /// The residual stream `[b·t, hidden]` of the last forward at the input of layer `l`
+    /// (`l = num_hidden_layers` gives the input of the final norm), for inspecting activations
+    /// layer by layer (e.g. against HF's `output_hidden_states`).
+    pub fn hidden_state(&self, be: &B, l: usize) -> Result<Vec<f32>> {
+        let a = self
+            .acts
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no forward pass yet".into()))?;
+        let r = a
+            .res
+            .get(l)
+            .ok_or_else(|| Error::Invalid(format!("layer {l} out of range")))?;
+        Ok(be.download(r)?)
+    }
+
     /// Forward, fused cross-entropy and backward. `targets[i]` is the token position `i`
     /// predicts and `weights[i]` its weight in the loss (0 masks it); the returned loss is
     /// `Σ weights[i]·loss[i]`. Gradients accumulate into [`Llama::grads`].

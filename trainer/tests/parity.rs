@@ -108,6 +108,14 @@ fn logits_match_hf() {
     let (d, m) = max_diff(&model.logits(&be).unwrap(), &fx.expected["logits"].data);
     println!("logits: max abs diff {d:e} (max |logit| {m})");
     assert!(d <= 1e-4, "logits differ by {d}");
+    for l in 0..fx.cfg.num_hidden_layers {
+        let (d, _) = max_diff(
+            &model.hidden_state(&be, l).unwrap(),
+            &fx.expected[&format!("hidden.{l}")].data,
+        );
+        println!("input of layer {l}: max abs diff {d:e}");
+        assert!(d <= 1e-5, "hidden state {l} differs by {d}");
+    }
 }
 
 #[test]
@@ -297,4 +305,65 @@ fn kv_cache_logits_equal_full_forward() {
         let (d, _) = max_diff(l, &full[pos * v..(pos + 1) * v]);
         assert!(d <= 1e-4, "position {pos}: cached logits differ by {d}");
     }
+}
+
+/// Our saved checkpoint loads in HF `transformers` as-is and gives our logits. Needs Python with
+/// torch + transformers (`$KOALA_PYTHON`, else `python3`); skips with a message otherwise.
+#[test]
+fn transformers_loads_our_checkpoint() {
+    let py = std::env::var("KOALA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("skipped: {py} cannot import torch and transformers");
+        return;
+    }
+    let fx = fixture();
+    let be = CpuBackend::new();
+    let mut model = Llama::from_tensors(&be, fx.cfg.clone(), &fx.w).unwrap();
+    // Change the weights with one training step so the check is not a copy of the input file.
+    let rows = rows(&fx.meta);
+    let refs: Vec<&Row> = rows.iter().collect();
+    let hyper = Hyper {
+        batch_size: 2,
+        micro_batch_size: 2,
+        max_len: 64,
+        ..Hyper::default()
+    };
+    let mut opt = AdamW::new(&be, &model, 0.9, 0.999, 1e-8, 0.0, 1.0).unwrap();
+    train_step(&be, &mut model, &mut opt, &refs, &hyper, 1e-2).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mdir = d.path().join("model");
+    weights::save_dir(&mdir, &model.cfg, &model.to_tensors(&be).unwrap(), 200_000).unwrap();
+    let ids: Vec<u32> = rows.iter().flat_map(|r| r.tokens.clone()).collect();
+    model
+        .forward(&be, &Inputs::plain(&be, 2, 16, &ids).unwrap())
+        .unwrap();
+    let ours = model.logits(&be).unwrap();
+    let out = d.path().join("hf.npy");
+    let code = format!(
+        "import json, numpy, torch\nfrom transformers import LlamaForCausalLM\n\
+         m = LlamaForCausalLM.from_pretrained({mdir:?}, attn_implementation='eager').float().eval()\n\
+         ids = torch.tensor({ids})\n\
+         with torch.no_grad(): l = m(input_ids=ids).logits\n\
+         numpy.save({out:?}, l.numpy().astype('float32'))\n",
+        mdir = mdir.to_string_lossy(),
+        ids = serde_json::to_string(&fx.meta["input_ids"]).unwrap(),
+        out = out.to_string_lossy(),
+    );
+    let o = std::process::Command::new(&py)
+        .args(["-c", &code])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "transformers failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (shape, hf) = koala_trainer::npy::read_f32(&out).unwrap();
+    assert_eq!(shape, vec![2, 16, 128]);
+    let (diff, _) = max_diff(&ours, &hf);
+    println!("transformers on our sharded checkpoint: max logit diff {diff:e}");
+    assert!(diff <= 1e-4, "{diff}");
 }
