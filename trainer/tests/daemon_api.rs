@@ -577,7 +577,12 @@ async fn validation_names_the_field() {
         r#"{"vocab_size": 64, "splits": {"train": {"files": [{"path": "train-00000.arrow", "rows": 4}]}}}"#,
     )
     .unwrap();
-    refused(&mut c, with(&|s| s.shards_dir = "shards/splits".into()), "shards_dir").await;
+    refused(
+        &mut c,
+        with(&|s| s.shards_dir = "shards/splits".into()),
+        "shards_dir",
+    )
+    .await;
     std::fs::create_dir_all(root.join("shards/bigvocab")).unwrap();
     std::fs::write(
         root.join("shards/bigvocab/manifest.json"),
