@@ -1,9 +1,9 @@
 //! One module per `koala` subcommand.
-pub mod generate;
-pub mod logits;
-pub mod train;
-pub mod jobs;
-pub mod serve;
-pub mod submit;
 pub mod bleu;
 pub mod decontaminate;
+pub mod generate;
+pub mod jobs;
+pub mod logits;
+pub mod serve;
+pub mod submit;
+pub mod train;

@@ -412,32 +412,42 @@ fn check_shards(paths: &ResolvedPaths) -> Result<(), FieldError> {
         ));
     }
     let manifest = read_json("shards_dir", &manifest_path)?;
-    // Shard files named by the manifest must exist inside the shards directory.
-    if let Some(list) = manifest
+    // Shard files named by the manifest (a top-level `shards`/`files` list, or the
+    // `splits.<name>.files` lists `koala tokenize` writes) must exist inside the shards directory.
+    let mut lists: Vec<&Vec<serde_json::Value>> = Vec::new();
+    if let Some(l) = manifest
         .get("shards")
         .or_else(|| manifest.get("files"))
         .and_then(|v| v.as_array())
     {
-        if list.is_empty() {
-            return Err(err("shards_dir", "manifest.json lists no shards"));
-        }
-        for item in list {
-            let name = item.as_str().or_else(|| {
-                ["path", "file", "name"]
-                    .iter()
-                    .find_map(|k| item.get(*k).and_then(|v| v.as_str()))
-            });
-            let Some(name) = name else { continue };
-            let shard =
-                resolve_in_root("shards_dir", name, &paths.shards_dir, true).map_err(|e| {
-                    err(
-                        "shards_dir",
-                        format!("manifest.json shard {name:?}: {}", e.reason),
-                    )
-                })?;
-            if !shard.is_file() {
-                return Err(err("shards_dir", format!("shard {name:?} is not a file")));
-            }
+        lists.push(l);
+    }
+    if let Some(splits) = manifest.get("splits").and_then(|v| v.as_object()) {
+        lists.extend(
+            splits
+                .values()
+                .filter_map(|s| s.get("files").and_then(|f| f.as_array())),
+        );
+    }
+    let named = lists.iter().map(|l| l.len()).sum::<usize>();
+    if !lists.is_empty() && named == 0 {
+        return Err(err("shards_dir", "manifest.json lists no shards"));
+    }
+    for item in lists.into_iter().flatten() {
+        let name = item.as_str().or_else(|| {
+            ["path", "file", "name"]
+                .iter()
+                .find_map(|k| item.get(*k).and_then(|v| v.as_str()))
+        });
+        let Some(name) = name else { continue };
+        let shard = resolve_in_root("shards_dir", name, &paths.shards_dir, true).map_err(|e| {
+            err(
+                "shards_dir",
+                format!("manifest.json shard {name:?}: {}", e.reason),
+            )
+        })?;
+        if !shard.is_file() {
+            return Err(err("shards_dir", format!("shard {name:?} is not a file")));
         }
     }
     let config_path = match &paths.base_model {
