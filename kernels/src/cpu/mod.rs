@@ -7,11 +7,12 @@
 //!
 //! Every op gives bit-identical results whatever the rayon thread count:
 //!
-//! * parallel work is split over *independent outputs* (rows, key rows, vocab rows), each computed
-//!   by exactly one task in a fixed sequential order;
-//! * reductions across rows (RMSNorm `dw`, `sum_squares`) use fixed-size chunks whose partial
-//!   results are combined sequentially in chunk order; the chunk size is a constant, not a
-//!   function of the thread count;
+//! * parallel work is split over *independent outputs* (rows, vocab rows, column blocks of
+//!   RMSNorm's `dw`, attention heads), each computed by exactly one task in a fixed sequential
+//!   order;
+//! * reductions that need partial results (`sum_squares`; attention's GQA `dk`/`dv`, one partial per
+//!   query head) combine them sequentially in a fixed order, over chunks whose size is a constant,
+//!   never a function of the thread count;
 //! * `gemm` with [`gemm::Parallelism::Rayon`] runs the depth (`k`) loop sequentially and hands
 //!   whole output tiles to threads; its blocking (`kc`, `mc`, `nc`) depends on the shapes only, so
 //!   the order of every sum is the same for 1 or N threads (see `gemm-common` `gemm_basic_generic`;
