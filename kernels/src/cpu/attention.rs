@@ -66,18 +66,26 @@ fn check(op: &'static str, s: AttnShape) -> Result<Dims> {
     })
 }
 
-/// For each position, the first position of its batch row with the same segment id: no key before
-/// it can be visible to this query.
-fn first_of_segment(seg: &[u32], b: usize, t: usize) -> Vec<usize> {
+/// For each position, the first position of its batch row with the same segment id (no key
+/// before it can be visible to this query), and per batch row whether every segment is one
+/// contiguous run (the usual packing). In a contiguous row, key `j` is visible to query `i` iff
+/// `lo[i] <= j <= i`, which lets the softmax loops run over a plain range.
+fn first_of_segment(seg: &[u32], b: usize, t: usize) -> (Vec<usize>, Vec<bool>) {
     let mut lo = vec![0usize; b * t];
+    let mut contiguous = vec![true; b];
     let mut first = std::collections::HashMap::new();
     for bi in 0..b {
         first.clear();
         for i in 0..t {
-            lo[bi * t + i] = *first.entry(seg[bi * t + i]).or_insert(i);
+            let f = *first.entry(seg[bi * t + i]).or_insert(i);
+            lo[bi * t + i] = f;
+            // A segment id seen before but not continuing the previous run.
+            if f != i && seg[bi * t + i] != seg[bi * t + i - 1] {
+                contiguous[bi] = false;
+            }
         }
     }
-    lo
+    (lo, contiguous)
 }
 
 /// One block of queries `i0..i1` of one `(bi, h)` task and the keys `klo..i1` it may see.
@@ -129,7 +137,7 @@ pub(crate) fn forward(
     if out.is_empty() {
         return Ok(());
     }
-    let lo = first_of_segment(seg, b, t);
+    let (lo, contiguous) = first_of_segment(seg, b, t);
     let (qs, ks) = (nh * hd, nkv * hd);
     // Per task (bi, h): its output rows [t, hd], scattered into `out` below; lse is already
     // contiguous per task in the [b, nh, t] layout.
@@ -169,20 +177,36 @@ pub(crate) fn forward(
                     for (r, srow) in s.chunks_exact_mut(kn).enumerate() {
                         let i = i0 + r;
                         let mut mx = f32::NEG_INFINITY;
-                        for (jj, x) in srow.iter_mut().enumerate() {
-                            if visible(seg_row, i, klo + jj) {
+                        let mut sum = 0f32;
+                        if contiguous[bi] {
+                            // Visible keys are exactly a..z: same operations in the same order
+                            // as the masked loop below, so the same bits.
+                            let (a, z) = (lo[bi * t + i] - klo, i - klo + 1);
+                            for x in &mut srow[a..z] {
                                 *x *= d.scale;
                                 mx = mx.max(*x);
                             }
-                        }
-                        let mut sum = 0f32;
-                        for (jj, x) in srow.iter_mut().enumerate() {
-                            *x = if visible(seg_row, i, klo + jj) {
-                                exp(*x - mx)
-                            } else {
-                                0.0
-                            };
-                            sum += *x;
+                            srow[..a].fill(0.0);
+                            srow[z..].fill(0.0);
+                            for x in &mut srow[a..z] {
+                                *x = exp(*x - mx);
+                                sum += *x;
+                            }
+                        } else {
+                            for (jj, x) in srow.iter_mut().enumerate() {
+                                if visible(seg_row, i, klo + jj) {
+                                    *x *= d.scale;
+                                    mx = mx.max(*x);
+                                }
+                            }
+                            for (jj, x) in srow.iter_mut().enumerate() {
+                                *x = if visible(seg_row, i, klo + jj) {
+                                    exp(*x - mx)
+                                } else {
+                                    0.0
+                                };
+                                sum += *x;
+                            }
                         }
                         let inv = 1.0 / sum;
                         srow.iter_mut().for_each(|x| *x *= inv);
@@ -253,7 +277,7 @@ pub(crate) fn backward(
     if qn == 0 {
         return Ok(());
     }
-    let lo = first_of_segment(seg, b, t);
+    let (lo, contiguous) = first_of_segment(seg, b, t);
     let (qs, ks) = (nh * hd, nkv * hd);
     // D = dout · out per query row, in [b, t, nh] order.
     let dd: Vec<f32> = dout
@@ -319,13 +343,25 @@ pub(crate) fn backward(
                 {
                     let i = i0 + r;
                     let (l, di) = (lse_h[i], dd[(bi * t + i) * nh + h]);
-                    for (jj, (pv, dsv)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
-                        if visible(seg_row, i, klo + jj) {
+                    if contiguous[bi] {
+                        let (a, z) = (lo[bi * t + i] - klo, i - klo + 1);
+                        for (pv, dsv) in prow[a..z].iter_mut().zip(dsrow[a..z].iter_mut()) {
                             *pv = exp(*pv * d.scale - l);
                             *dsv = *pv * (*dsv - di) * d.scale;
-                        } else {
-                            *pv = 0.0;
-                            *dsv = 0.0;
+                        }
+                        prow[..a].fill(0.0);
+                        prow[z..].fill(0.0);
+                        dsrow[..a].fill(0.0);
+                        dsrow[z..].fill(0.0);
+                    } else {
+                        for (jj, (pv, dsv)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
+                            if visible(seg_row, i, klo + jj) {
+                                *pv = exp(*pv * d.scale - l);
+                                *dsv = *pv * (*dsv - di) * d.scale;
+                            } else {
+                                *pv = 0.0;
+                                *dsv = 0.0;
+                            }
                         }
                     }
                 }

@@ -7,11 +7,12 @@
 //!
 //! Every op gives bit-identical results whatever the rayon thread count:
 //!
-//! * parallel work is split over *independent outputs* (rows, key rows, vocab rows), each computed
-//!   by exactly one task in a fixed sequential order;
-//! * reductions across rows (RMSNorm `dw`, `sum_squares`) use fixed-size chunks whose partial
-//!   results are combined sequentially in chunk order; the chunk size is a constant, not a
-//!   function of the thread count;
+//! * parallel work is split over *independent outputs* (rows, vocab rows, column blocks of
+//!   RMSNorm's `dw`, attention heads), each computed by exactly one task in a fixed sequential
+//!   order;
+//! * reductions that need partial results (`sum_squares`; attention's GQA `dk`/`dv`, one partial per
+//!   query head) combine them sequentially in a fixed order, over chunks whose size is a constant,
+//!   never a function of the thread count;
 //! * `gemm` with [`gemm::Parallelism::Rayon`] runs the depth (`k`) loop sequentially and hands
 //!   whole output tiles to threads; its blocking (`kc`, `mc`, `nc`) depends on the shapes only, so
 //!   the order of every sum is the same for 1 or N threads (see `gemm-common` `gemm_basic_generic`;
@@ -56,6 +57,8 @@ pub use norm::clip_scale;
 #[derive(Clone, Default)]
 pub struct CpuBackend {
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// RoPE cos/sin table of the last `(head_dim, theta)` used.
+    rope: rope::Cache,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -69,7 +72,7 @@ impl std::fmt::Debug for CpuBackend {
 impl CpuBackend {
     /// A backend that runs on the caller's rayon pool.
     pub fn new() -> Self {
-        Self { pool: None }
+        Self::default()
     }
 
     /// A backend with its own pool of `threads` threads (`0` = one per core).
@@ -83,6 +86,7 @@ impl CpuBackend {
             })?;
         Ok(Self {
             pool: Some(Arc::new(pool)),
+            rope: Default::default(),
         })
     }
 
@@ -170,8 +174,13 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Round-to-nearest via the 1.5·2^23 trick (no roundf call, no SSE4.1 needed).
     const SHIFTER: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + SHIFTER) - SHIFTER;
+    // max/min (not clamp) lower to maxps/minps; NaN is handled at the end.
+    #[allow(clippy::manual_clamp)]
+    let xc = x.max(-87.0).min(88.0);
+    let t = xc * LOG2E + SHIFTER;
+    let n = t - SHIFTER;
+    // The integer n sits in the low mantissa bits of t: no float→int conversion needed.
+    let ni = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -180,15 +189,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes 5.0000001201e-1, which rounds to 0.5 in f32
     let y = p * (r * r) + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let out = y * scale;
-    if x < -87.0 {
-        0.0
-    } else if x.is_nan() {
-        x
-    } else {
-        out
-    }
+    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    let out = if x < -87.0 { 0.0 } else { y * scale };
+    if x.is_nan() { x } else { out }
 }
 
 /// Elements per parallel task/// Elements per parallel task in elementwise ops (a constant, so chunking never depends on the
@@ -309,7 +312,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        self.run(|| rope::apply(x, positions, n, heads, head_dim, theta, false))
+        self.run(|| rope::apply(x, positions, n, heads, head_dim, theta, false, &self.rope))
     }
     fn rope_bwd(
         &self,
@@ -320,7 +323,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        self.run(|| rope::apply(dx, positions, n, heads, head_dim, theta, true))
+        self.run(|| rope::apply(dx, positions, n, heads, head_dim, theta, true, &self.rope))
     }
 
     fn attention_fwd(
