@@ -58,15 +58,13 @@ pub(crate) fn step(
                 .zip(v.par_chunks_mut(ELEM_CHUNK)),
         )
         .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let g = g[i] * gs;
-                if hp.weight_decay != 0.0 {
-                    p[i] *= decay;
-                }
-                m[i] += one_m_b1 * (g - m[i]);
-                v[i] = v[i] * beta2 + one_m_b2 * g * g;
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                p[i] += -step_size * m[i] / denom;
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = g * gs;
+                *p *= decay;
+                *m += one_m_b1 * (g - *m);
+                *v = *v * beta2 + one_m_b2 * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p += -step_size * *m / denom;
             }
         });
     Ok(())

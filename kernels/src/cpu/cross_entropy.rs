@@ -7,11 +7,12 @@
 //! the logits. `weights[i] = 0` masks a row (its loss is still written, its gradient is zero).
 //! A target `>= v` is an [`Error::Index`](crate::Error::Index), checked before anything is written.
 //!
-//! Per row: the max, then `e_j = exp(x_j − max)` (`f32`) stored in place while `Σ e_j` accumulates
-//! in `f64` in column order, then `p_j = e_j / Σ`. Parallel over rows; deterministic.
+//! Per row: the max, then `e_j = exp(x_j − max)` (`f32`, the vectorisable [`exp`](super::exp))
+//! stored in place, `Σ e_j` in `f64` over four lanes in a fixed order, then `p_j = e_j / Σ`.
+//! Parallel over rows; deterministic.
 use rayon::prelude::*;
 
-use super::{check_ids, expect_len, mul};
+use super::{check_ids, exp, expect_len, mul};
 use crate::{Error, Result};
 
 pub(crate) fn fwd_bwd(
@@ -42,12 +43,19 @@ pub(crate) fn fwd_bwd(
             let tgt = tgt as usize;
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let x_t = row[tgt];
-            let mut sum = 0f64;
             for x in row.iter_mut() {
-                let e = (*x - m).exp();
-                *x = e;
-                sum += e as f64;
+                *x = exp(*x - m);
             }
+            // Σ e_j in f64, four lanes combined in a fixed order.
+            let mut acc = [0f64; 4];
+            let chunks = row.chunks_exact(4);
+            let mut sum: f64 = chunks.remainder().iter().map(|&e| e as f64).sum();
+            for c in chunks {
+                for (a, &e) in acc.iter_mut().zip(c) {
+                    *a += e as f64;
+                }
+            }
+            sum += (acc[0] + acc[2]) + (acc[1] + acc[3]);
             let lse = m as f64 + sum.ln();
             *loss = (lse - x_t as f64) as f32;
             let inv = (1.0 / sum) as f32;

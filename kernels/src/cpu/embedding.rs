@@ -4,8 +4,10 @@
 //! * forward: `out[i, :] = table[ids[i], :]`; `out: [n, c]`, `ids: [n]`, `table: [vocab, c]`;
 //!   an id `>= vocab` is an [`Error::Index`](crate::Error::Index), checked before anything is written.
 //! * backward: `dtable[ids[i], :] += dout[i, :]` (weight gradient: accumulates), summed in token
-//!   order. Parallel over vocab rows: a counting sort groups the tokens of each id (stably, so in
-//!   token order), and each row is owned by one task, so the sums never depend on the thread count.
+//!   order. Small batches (under 2^20 elements) run one sequential loop in token order; larger ones
+//!   run parallel over vocab rows: a counting sort groups the tokens of each id (stably, so in token
+//!   order) and each row is owned by one task. Both add each row's tokens in token order, so the
+//!   bits are the same either way and never depend on the thread count.
 use rayon::prelude::*;
 
 use super::{check_ids, expect_len, mul};
@@ -13,6 +15,10 @@ use crate::{Error, Result};
 
 const OP_F: &str = "embedding_fwd";
 const OP_B: &str = "embedding_bwd";
+
+/// Below this many elements (`n·c`) the ops run on the calling thread: a copy or add of a few MB
+/// is faster than waking the pool.
+const SEQUENTIAL_BELOW: usize = 1 << 20;
 
 fn vocab_of(op: &'static str, table_len: usize, c: usize) -> Result<usize> {
     if c == 0 || !table_len.is_multiple_of(c) {
@@ -56,6 +62,15 @@ pub(crate) fn backward(
     expect_len(OP_B, "dout", dout.len(), mul(OP_B, &[n, c])?)?;
     let vocab = vocab_of(OP_B, dtable.len(), c)?;
     check_ids(OP_B, ids, vocab)?;
+    if n * c < SEQUENTIAL_BELOW {
+        for (&id, g) in ids.iter().zip(dout.chunks_exact(c)) {
+            let id = id as usize;
+            for (d, s) in dtable[id * c..(id + 1) * c].iter_mut().zip(g) {
+                *d += *s;
+            }
+        }
+        return Ok(());
+    }
     // Counting sort of token indices by id: tokens of id `v` are order[start[v]..start[v+1]], in
     // token order.
     let mut start = vec![0usize; vocab + 1];

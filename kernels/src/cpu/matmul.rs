@@ -14,10 +14,25 @@ use gemm::{Parallelism, gemm};
 use super::{expect_len, mul};
 use crate::Result;
 
+/// How a `gemm` call may use threads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// Split over the current rayon pool (top-level matmuls).
+    Pool,
+    /// One thread (inside an op's own parallel tasks, e.g. attention per head).
+    One,
+}
+
 /// `dst[m, n] (=|+=) lhs[m, k] · rhs[k, n]`, strides in elements (`rs` = row stride, `cs` = column
-/// stride). Every buffer must be large enough for its strides; callers check lengths first.
+/// stride). Every buffer must be large enough for its strides (asserted; callers check shapes
+/// first, so the assert never fires on user input).
+///
+/// Determinism: a given call site must always pass the same [`Threads`] (gemm blocks differently
+/// for `Parallelism::None` and `Parallelism::Rayon`); within one variant the result does not depend
+/// on the number of threads.
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(
+pub(crate) fn gemm_strided(
+    threads: Threads,
     accumulate: bool,
     m: usize,
     n: usize,
@@ -73,9 +88,12 @@ fn gemm_strided(
             false,
             false,
             false,
-            // Always Rayon (even for one thread): gemm's blocking differs between `None` and
-            // `Rayon`, so one variant must be used everywhere for bit-identical results.
-            Parallelism::Rayon(0),
+            match threads {
+                // Rayon(0) = the current pool's size; Rayon even for a 1-thread pool, so that the
+                // blocking is the same whatever the pool size.
+                Threads::Pool => Parallelism::Rayon(0),
+                Threads::One => Parallelism::None,
+            },
         );
     }
 }
@@ -93,7 +111,22 @@ pub(crate) fn forward(
     expect_len(OP, "inp", inp.len(), mul(OP, &[n, ic])?)?;
     expect_len(OP, "w", w.len(), mul(OP, &[oc, ic])?)?;
     // rhs = wᵀ: rhs[kk, j] = w[j, kk] → row stride 1, column stride ic.
-    gemm_strided(false, n, oc, ic, out, oc, 1, inp, ic, 1, w, 1, ic);
+    gemm_strided(
+        Threads::Pool,
+        false,
+        n,
+        oc,
+        ic,
+        out,
+        oc,
+        1,
+        inp,
+        ic,
+        1,
+        w,
+        1,
+        ic,
+    );
     Ok(())
 }
 
@@ -115,8 +148,38 @@ pub(crate) fn backward(
     expect_len(OP, "inp", inp.len(), mul(OP, &[n, ic])?)?;
     expect_len(OP, "w", w.len(), mul(OP, &[oc, ic])?)?;
     // dinp[n, ic] = dout[n, oc] · w[oc, ic]
-    gemm_strided(false, n, ic, oc, dinp, ic, 1, dout, oc, 1, w, ic, 1);
+    gemm_strided(
+        Threads::Pool,
+        false,
+        n,
+        ic,
+        oc,
+        dinp,
+        ic,
+        1,
+        dout,
+        oc,
+        1,
+        w,
+        ic,
+        1,
+    );
     // dw[oc, ic] += doutᵀ[oc, n] · inp[n, ic]; lhs[o, t] = dout[t, o] → row stride 1, col stride oc.
-    gemm_strided(true, oc, ic, n, dw, ic, 1, dout, 1, oc, inp, ic, 1);
+    gemm_strided(
+        Threads::Pool,
+        true,
+        oc,
+        ic,
+        n,
+        dw,
+        ic,
+        1,
+        dout,
+        1,
+        oc,
+        inp,
+        ic,
+        1,
+    );
     Ok(())
 }

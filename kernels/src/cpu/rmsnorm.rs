@@ -93,11 +93,11 @@ pub(crate) fn backward(
                 .zip(wc.remainder())
                 .zip(xc.remainder())
             {
-                tail = (gv * wv).mul_add(*xv, tail);
+                tail += gv * wv * xv;
             }
             for ((gv, wv), xv) in gc.zip(wc).zip(xc) {
                 for (l, a) in acc.iter_mut().enumerate() {
-                    *a = (gv[l] * wv[l]).mul_add(xv[l], *a);
+                    *a += gv[l] * wv[l] * xv[l];
                 }
             }
             let s = ((acc[0] + acc[4]) + (acc[1] + acc[5]))

@@ -3,16 +3,17 @@
 //! Contract (see [`crate::Backend::swiglu_fwd`]): `out = silu(gate) * up` elementwise over `len`
 //! elements (`[n, c]` in the model), `silu(x) = x·σ(x)`. Backward (activation gradients:
 //! overwrite): `dup = dout · silu(gate)`,
-//! `dgate = dout · up · σ(gate) · (1 + gate · (1 − σ(gate)))`. σ is computed as `1/(1+e^(−x))`,
-//! which saturates cleanly to 0 or 1 for large |x| (no NaN). Elementwise, fixed chunks.
+//! `dgate = dout · up · σ(gate) · (1 + gate · (1 − σ(gate)))`. σ is computed as `1/(1+e^(−x))`
+//! with the vectorisable [`exp`](super::exp), which saturates cleanly to 0 or 1 for large |x| (no
+//! NaN). Elementwise, fixed chunks.
 use rayon::prelude::*;
 
-use super::{ELEM_CHUNK, expect_len};
+use super::{ELEM_CHUNK, exp, expect_len};
 use crate::Result;
 
 #[inline]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 pub(crate) fn forward(out: &mut [f32], gate: &[f32], up: &[f32], len: usize) -> Result<()> {
@@ -51,11 +52,12 @@ pub(crate) fn backward(
                 .zip(gate.par_chunks(ELEM_CHUNK).zip(up.par_chunks(ELEM_CHUNK))),
         )
         .for_each(|((dg, du), (d, (g, u)))| {
-            for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
-                let silu = g[i] * s;
-                du[i] = d[i] * silu;
-                dg[i] = d[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+            for ((dg, du), ((&d, &g), &u)) in
+                dg.iter_mut().zip(du.iter_mut()).zip(d.iter().zip(g).zip(u))
+            {
+                let s = sigmoid(g);
+                *du = d * (g * s);
+                *dg = d * u * (s * (1.0 + g * (1.0 - s)));
             }
         });
     Ok(())

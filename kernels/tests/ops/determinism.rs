@@ -78,8 +78,8 @@ fn attention_rope() {
     let k = uniform(&mut r, s.b * s.t * s.n_kv_heads * s.head_dim, 1.0);
     let v = uniform(&mut r, k.len(), 1.0);
     let dout = uniform(&mut r, q.len(), 1.0);
-    let seg: Vec<u32> = (0..s.b * s.t).map(|i| (i / 20) as u32).collect();
-    let pos: Vec<u32> = (0..s.b * s.t).map(|i| (i % 20) as u32).collect();
+    let seg: Vec<u32> = (0..s.b * s.t).map(|i| (i / 70) as u32).collect();
+    let pos: Vec<u32> = (0..s.b * s.t).map(|i| (i % 70) as u32).collect();
     assert_deterministic("attention+rope", || {
         let be = CpuBackend::new();
         let mut qr = q.clone();
@@ -146,5 +146,40 @@ fn elementwise_loss_optimizer() {
             vv,
             vec![ss as f32, (ss - ss as f32 as f64) as f32],
         ]
+    });
+}
+
+/// Above 2^20 elements the embedding runs in parallel (counting sort by id); its bits must equal
+/// the sequential token-order loop used for small batches.
+#[test]
+fn embedding_parallel_path() {
+    let (n, c, vocab) = (3500, 300, 97);
+    let mut r = rng(24);
+    let table = uniform(&mut r, vocab * c, 1.0);
+    let ids_h = ids(&mut r, n, vocab as u32);
+    let dout = uniform(&mut r, n * c, 1.0);
+    let mut want = vec![0.5f32; vocab * c];
+    for (i, &id) in ids_h.iter().enumerate() {
+        for j in 0..c {
+            want[id as usize * c + j] += dout[i * c + j];
+        }
+    }
+    assert_deterministic("embedding parallel path", || {
+        let be = CpuBackend::new();
+        let mut out = vec![0.0; n * c];
+        be.embedding_fwd(&mut out, &ids_h, &table, n, c).unwrap();
+        let mut dtable = vec![0.5; vocab * c];
+        be.embedding_bwd(&mut dtable, &dout, &ids_h, n, c).unwrap();
+        assert!(
+            dtable
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        assert_eq!(
+            &out[c..2 * c],
+            &table[ids_h[1] as usize * c..(ids_h[1] as usize + 1) * c]
+        );
+        vec![out, dtable]
     });
 }

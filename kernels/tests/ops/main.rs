@@ -14,3 +14,4 @@ mod residual;
 mod rmsnorm;
 mod rope;
 mod swiglu;
+mod torch_fixtures;

@@ -57,6 +57,52 @@ pub fn forward_vs_reference<B: Backend>(be: &B) {
     check_close64("rope_fwd vs f64", &down(be, &x), &want, 1e-4, 0.0);
 }
 
+/// Positions past the cached table (2^17) take the uncached path: same bits for a shared position.
+pub fn cached_equals_uncached<B: Backend>(be: &B) {
+    let (heads, hd) = (2, 8);
+    let mut r = rng(18);
+    let row = uniform(&mut r, heads * hd, 1.0);
+    let mut both = up(be, &[row.clone(), row.clone()].concat());
+    be.rope_fwd(
+        &mut both,
+        &be.upload_ids(&[300, 200_000]).unwrap(),
+        2,
+        heads,
+        hd,
+        10000.0,
+    )
+    .unwrap();
+    let mut alone = up(be, &row);
+    be.rope_fwd(
+        &mut alone,
+        &be.upload_ids(&[300]).unwrap(),
+        1,
+        heads,
+        hd,
+        10000.0,
+    )
+    .unwrap();
+    let (both, alone) = (down(be, &both), down(be, &alone));
+    assert!(
+        both[..heads * hd]
+            .iter()
+            .zip(&alone)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    // A different theta must not reuse the cached table.
+    let mut other = up(be, &row);
+    be.rope_fwd(
+        &mut other,
+        &be.upload_ids(&[300]).unwrap(),
+        1,
+        heads,
+        hd,
+        500000.0,
+    )
+    .unwrap();
+    assert_ne!(down(be, &other), alone);
+}
+
 /// RoPE is linear in x, so the finite-difference gradient is exact up to rounding.
 pub fn grad<B: Backend>(be: &B) {
     let (n, heads, hd) = (4, 2, 6);
@@ -82,4 +128,10 @@ pub fn errors<B: Backend>(be: &B) {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
 
-crate::cpu_tests!(literal, forward_vs_reference, grad, errors);
+crate::cpu_tests!(
+    literal,
+    forward_vs_reference,
+    cached_equals_uncached,
+    grad,
+    errors
+);
