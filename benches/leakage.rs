@@ -226,9 +226,16 @@ fn main() {
 
     // --- brute force on a uniform sample of training prompts ---------------------------------
     let mut sample: Vec<usize> = planted.iter().map(|&(_, d)| d).collect();
+    if n_sample >= n_train {
+        sample = (0..n_train).collect(); // the full brute force
+    }
     let mut rng = Rng(7);
-    while sample.len() < n_sample {
-        sample.push(rng.below(n_train));
+    let mut seen: std::collections::HashSet<usize> = sample.iter().copied().collect();
+    while seen.len() < n_sample.max(sample.len()) {
+        let d = rng.below(n_train);
+        if seen.insert(d) {
+            sample.push(d);
+        }
     }
     sample.sort_unstable();
     sample.dedup();
@@ -255,8 +262,13 @@ fn main() {
         got, want,
         "indexed search and brute force disagree on the sample"
     );
+    let how = if sample.len() == n_train {
+        "FULL (every pair)"
+    } else {
+        "EXTRAPOLATED from a uniform sample"
+    };
     println!(
-        "brute force (token ids): {} sampled prompts x {n_tests} = {bf_pairs:.0} pairs in {t_bf:.2}s; EXTRAPOLATED to all {} pairs: {bf_full:.1}s; decisions identical on the sample ({} leaking pairs)",
+        "brute force (token ids): {} training prompts x {n_tests} = {bf_pairs:.0} pairs in {t_bf:.2}s; {how} to all {} pairs: {bf_full:.1}s; decisions identical on these pairs ({} leaking)",
         sample.len(),
         st.pairs,
         want.len()

@@ -85,10 +85,13 @@ fn sub_pairs(
 /// assert_eq!(tokenize_13a("Hello, world! It costs $3.50 &amp; more."), "Hello , world ! It costs $ 3.50 & more .");
 /// ```
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    let mut line = if line.contains('\n') || line.contains("<skipped>") {
+        line.replace("<skipped>", "")
+            .replace("-\n", "")
+            .replace('\n', " ")
+    } else {
+        line.to_string()
+    };
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
