@@ -19,6 +19,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Read a directory of public dialogue datasets into one Parquet conversation table.
+    Load(cmd::load::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Load(a) => cmd::load::run(a),
+    }
 }
