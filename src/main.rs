@@ -21,6 +21,8 @@ enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
     /// Read a directory of public dialogue datasets into one Parquet conversation table.
     Load(cmd::load::Args),
+    /// Write a synthetic corpus of the seven sources in their published formats.
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Load(a) => cmd::load::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }

@@ -1,2 +1,3 @@
 //! One module per `koala` subcommand.
 pub mod load;
+pub mod synth;
