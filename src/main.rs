@@ -39,6 +39,10 @@ enum Command {
     Decontaminate(cmd::decontaminate::DecontaminateArgs),
     /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
     Bleu(cmd::bleu::BleuArgs),
+    /// Read a directory of public dialogue datasets into one Parquet conversation table.
+    Load(cmd::load::Args),
+    /// Write a synthetic corpus of the seven sources in their published formats.
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cancel(a) => cmd::jobs::cancel(a),
         Command::Bleu(args) => cmd::bleu::run(args),
         Command::Decontaminate(args) => cmd::decontaminate::run(args),
+        Command::Load(a) => cmd::load::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }
