@@ -19,6 +19,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
+    Curate(cmd::curate::CurateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Curate(args) => cmd::curate::run(args),
+    }
 }
