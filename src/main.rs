@@ -19,6 +19,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Read a directory of public dialogue datasets into one Parquet conversation table.
+    Load(cmd::load::Args),
+    /// Write a synthetic corpus of the seven sources in their published formats.
+    Synth(cmd::synth::Args),
     /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
     Curate(cmd::curate::CurateArgs),
 }
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Load(a) => cmd::load::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
         Command::Curate(args) => cmd::curate::run(args),
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::MultiProgress;
+use koala_pipeline::sources::{LoadOptions, load_dir};
 use koala_pipeline::stages::config::CurateConfig;
 use koala_pipeline::stages::run::{curate, write_outputs};
 
@@ -35,11 +36,11 @@ pub fn run(args: CurateArgs) -> Result<()> {
     if let Some(seed) = args.seed {
         cfg.seed = seed;
     }
-    let input = load_input(&args.input)?;
     let mp = MultiProgress::new();
     if args.quiet {
         mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let input = load_input(&args.input, &mp, &args.out)?;
     let mut out = curate(&cfg, input, Some(&mp)).with_context(|| {
         format!(
             "curating {} with {}",
@@ -71,7 +72,11 @@ pub fn run(args: CurateArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_input(path: &std::path::Path) -> Result<polars::prelude::DataFrame> {
+fn load_input(
+    path: &std::path::Path,
+    mp: &MultiProgress,
+    out: &std::path::Path,
+) -> Result<polars::prelude::DataFrame> {
     use polars::prelude::{ParquetReader, PlSmallStr, SerReader};
     if path.is_file() {
         let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -88,8 +93,28 @@ fn load_input(path: &std::path::Path) -> Result<polars::prelude::DataFrame> {
         koala_pipeline::schema::validate(&df).with_context(|| path.display().to_string())?;
         return Ok(df);
     }
-    anyhow::bail!(
-        "{}: loading raw source directories needs koala_pipeline::sources::load_dir",
-        path.display()
-    )
+    let pb = mp.add(indicatif::ProgressBar::new(0));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {bytes}/{total_bytes}")?
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("load");
+    let opts = LoadOptions {
+        progress: Some(pb.clone()),
+        ..LoadOptions::default()
+    };
+    let loaded = load_dir(path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    pb.finish();
+    loaded.check_reconciled()?;
+    if !loaded.quarantine.is_empty() {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let q = out.join("quarantine.jsonl");
+        loaded.write_quarantine(&q)?;
+        eprintln!(
+            "warning: {} malformed input records quarantined in {} (not part of the lineage: they never became rows)",
+            loaded.quarantine.len(),
+            q.display()
+        );
+    }
+    Ok(loaded.table)
 }

@@ -1,2 +1,4 @@
 //! One module per `koala` subcommand.
 pub mod curate;
+pub mod load;
+pub mod synth;

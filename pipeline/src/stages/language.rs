@@ -66,6 +66,9 @@ pub struct LanguageConfig {
     pub min_chars: usize,
     /// `keep` or `drop` conversations where no language is detected.
     pub undetected: Undetected,
+    /// A unit whose detection whatlang itself calls unreliable is judged again together with
+    /// the rest of the conversation (as short text is).
+    pub unreliable_in_context: bool,
 }
 
 impl Default for LanguageConfig {
@@ -78,6 +81,7 @@ impl Default for LanguageConfig {
             policy: Policy::UserTurns,
             min_chars: 25,
             undetected: Undetected::Keep,
+            unreliable_in_context: true,
         }
     }
 }
@@ -85,6 +89,11 @@ impl Default for LanguageConfig {
 /// whatlang's language (ISO 639-3) and confidence for `text`.
 pub fn detect(text: &str) -> Option<(&'static str, f64)> {
     whatlang::detect(text).map(|i| (i.lang().code(), i.confidence()))
+}
+
+/// Like [`detect`], plus whatlang's own `is_reliable` verdict.
+fn detect_full(text: &str) -> Option<(&'static str, f64, bool)> {
+    whatlang::detect(text).map(|i| (i.lang().code(), i.confidence(), i.is_reliable()))
 }
 
 /// The language stage.
@@ -127,6 +136,13 @@ impl LanguageFilter {
         let turns: Vec<(&str, &str)> = turns.collect();
         let min = self.config.min_chars;
         let whole = || turns.iter().map(|t| t.1).collect::<Vec<_>>().join("\n");
+        // A unit that whatlang cannot judge reliably is judged with the whole conversation.
+        let in_context = |text: &str| -> Option<(&'static str, f64)> {
+            match detect_full(text) {
+                Some((_, _, false)) if self.config.unreliable_in_context => detect(&whole()),
+                d => d.map(|(l, c, _)| (l, c)),
+            }
+        };
         let units: Vec<Judged> = match self.config.policy {
             Policy::UserTurns => {
                 let users = turns
@@ -135,12 +151,12 @@ impl LanguageFilter {
                     .map(|t| t.1)
                     .collect::<Vec<_>>()
                     .join("\n");
-                let text = if users.trim().chars().count() < min {
-                    whole()
+                let det = if users.trim().chars().count() < min {
+                    detect(&whole())
                 } else {
-                    users
+                    in_context(&users)
                 };
-                vec![(None, detect(&text))]
+                vec![(None, det)]
             }
             Policy::AllTurns | Policy::AnyTurn => {
                 let mut units: Vec<Judged> = Vec::new();
@@ -149,7 +165,7 @@ impl LanguageFilter {
                     if t.1.trim().chars().count() < min {
                         any_short = true;
                     } else {
-                        units.push((Some(k), detect(t.1)));
+                        units.push((Some(k), in_context(t.1)));
                     }
                 }
                 if any_short || units.is_empty() {
@@ -227,7 +243,7 @@ impl Stage for LanguageFilter {
 mod tests {
     use super::*;
 
-    const EN: &str = "Could you please explain how photosynthesis works in plants?";
+    const EN: &str = "Could you please explain to me how photosynthesis works in green plants, and why it matters so much for all life on our planet?";
     const DE: &str =
         "Kannst du mir bitte erklären, wie die Photosynthese in Pflanzen funktioniert?";
     const FR: &str = "Peux-tu m'expliquer comment fonctionne la photosynthèse chez les plantes ?";
@@ -273,6 +289,31 @@ mod tests {
             ),
         ];
         assert_eq!(reason(&filt.judge(turns.into_iter()).0), None);
+    }
+
+    #[test]
+    fn unreliable_detection_is_judged_in_context() {
+        // whatlang calls this English sentence French, unreliably (seen in the ShareGPT sample).
+        let q = "Write a haiku about autumn rain.";
+        let (lang, _, reliable) = detect_full(q).unwrap();
+        assert!(lang != "eng" && !reliable, "{lang} {reliable}");
+        let turns = [
+            ("user", q),
+            (
+                "assistant",
+                "Cold rain on the eaves, red maple leaves drift and stick to the garden stones.",
+            ),
+        ];
+        assert_eq!(
+            reason(&f(Policy::UserTurns).judge(turns.into_iter()).0),
+            None
+        );
+        let alone = LanguageFilter::new(LanguageConfig {
+            unreliable_in_context: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(reason(&alone.judge(turns.into_iter()).0), Some("language"));
     }
 
     #[test]

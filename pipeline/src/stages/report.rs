@@ -191,7 +191,10 @@ impl Report {
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let n = rows.len().max(1) as u32;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Final mixture (train | eval)", ("sans-serif", 20))
+            .caption(
+                "Final mixture per source: train (blue) + eval (orange)",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(110)
