@@ -25,6 +25,10 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
     Curate(cmd::curate::CurateArgs),
+    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
+    Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
+    Bleu(cmd::bleu::BleuArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Load(a) => cmd::load::run(a),
         Command::Synth(a) => cmd::synth::run(a),
         Command::Curate(args) => cmd::curate::run(args),
+        Command::Bleu(args) => cmd::bleu::run(args),
+        Command::Decontaminate(args) => cmd::decontaminate::run(args),
     }
 }

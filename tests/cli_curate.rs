@@ -227,3 +227,70 @@ fn config_errors_name_the_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("scoep"), "{err}");
 }
+
+#[test]
+fn leakage_stage_drops_training_rows_that_leak_a_test_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let test_set = tmp.path().join("koala_test.jsonl");
+    std::fs::write(
+        &test_set,
+        "{\"id\": \"koala_1\", \"prompt\": \"How can I reverse a list in Python?\"}\n\
+         {\"id\": \"koala_2\", \"prompt\": \"Explain the rules of cricket to a baseball fan.\"}\n",
+    )
+    .unwrap();
+    let cfg = tmp.path().join("leak.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"leak\"\n[[sources]]\nname = \"sharegpt\"\n[leakage]\ntest_sets = [{:?}]\nthreshold = 20.0\n",
+            test_set.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("o");
+    let run = Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["curate", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(root().join("examples/data"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let leak = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "leakage")
+        .expect("a leakage stage");
+    // "How do I reverse a list in Python?" (the kept one of the two duplicates) leaks koala_1.
+    assert_eq!(leak["dropped"], serde_json::json!({"leakage": 1}));
+    let dropped = read_parquet(&out.join("dropped.parquet"));
+    let mask = dropped
+        .column("drop_reason")
+        .unwrap()
+        .str()
+        .unwrap()
+        .equal("leakage");
+    let row = dropped.filter(&mask).unwrap();
+    let d = row
+        .column("drop_details")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_string();
+    assert!(d.contains("\"test_id\":\"koala_1\""), "{d}");
+    assert_eq!(
+        row.column("id").unwrap().str().unwrap().get(0),
+        Some("sharegpt/QWJhYvA_0")
+    );
+}

@@ -72,9 +72,9 @@ pub struct CurateConfig {
     pub language: LanguageConfig,
     #[serde(default)]
     pub markers: MarkersConfig,
-    /// Reserved for the BLEU leakage filter (`pipeline::leakage`); its keys are checked there.
+    /// The BLEU leakage filter ([`crate::leakage::LeakageConfig`]); no table = no filter.
     #[serde(default)]
-    pub leakage: Option<toml::Table>,
+    pub leakage: Option<crate::leakage::LeakageConfig>,
     #[serde(default)]
     pub export: ExportConfig,
 }
@@ -116,6 +116,9 @@ impl CurateConfig {
         }
         super::language::LanguageFilter::new(self.language.clone())?;
         super::minhash::MinHashLsh::new(self.dedup.near.clone())?;
+        if let Some(l) = &self.leakage {
+            l.validate()?;
+        }
         Ok(())
     }
 }
@@ -134,11 +137,15 @@ mod tests {
     }
 
     #[test]
-    fn leakage_table_is_accepted_and_kept() {
+    fn leakage_table_is_typed_and_checked() {
         let c =
-            CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\nthreshold=20.0", "t")
+            CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\nthreshold=25.0", "t")
                 .unwrap();
-        assert_eq!(c.leakage.unwrap()["threshold"].as_float(), Some(20.0));
+        assert_eq!(c.leakage.unwrap().threshold, 25.0);
+        let e = CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\ntreshold=25.0", "t");
+        assert!(e.unwrap_err().to_string().contains("treshold"));
+        let none = CurateConfig::from_toml_str("[[sources]]\nname='a'", "t").unwrap();
+        assert!(none.leakage.is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Curation stages, one module per stage, in recipe order:
-//! [`cleanup`] → [`dedup`] → [`language`] → [`markers`] → (leakage) → [`mixture`].
+//! [`cleanup`] → [`dedup`] → [`language`] → [`markers`] → [`leakage`] (when configured) → [`mixture`].
 //!
 //! Every stage follows the datatrove shape: it *annotates* the conversation table with a
 //! [`REASON`] column (null = keep) and a [`DETAILS`] column (a JSON object: the id a row
@@ -38,6 +38,7 @@ pub mod config;
 pub mod dedup;
 pub mod export;
 pub mod language;
+pub mod leakage;
 pub mod markers;
 pub mod minhash;
 pub mod mixture;

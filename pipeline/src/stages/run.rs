@@ -1,4 +1,4 @@
-//! The whole curation run: select → cleanup → dedup → language → markers → mixture, with
+//! The whole curation run: select → cleanup → dedup → language → markers → [leakage] → mixture, with
 //! lineage and the invariant `rows in = kept + Σ dropped`, checked at the end of every run.
 //!
 //! # Example
@@ -25,6 +25,7 @@ use super::cleanup::Cleanup;
 use super::config::CurateConfig;
 use super::dedup::Dedup;
 use super::language::LanguageFilter;
+use super::leakage::Leakage;
 use super::markers::Markers;
 use super::mixture::{Mixture, Select};
 use super::report::Report;
@@ -48,14 +49,7 @@ pub struct CurateOutput {
 
 /// The stages of `cfg`, in recipe order.
 pub fn stages(cfg: &CurateConfig) -> Result<Vec<Box<dyn Stage>>> {
-    if cfg.leakage.is_some() {
-        return Err(Error::Config(
-            "the [leakage] table is reserved for the BLEU leakage filter, which this build's \
-             curate does not run yet; run `koala decontaminate` on the output, or remove the table"
-                .into(),
-        ));
-    }
-    Ok(vec![
+    let mut v: Vec<Box<dyn Stage>> = vec![
         Box::new(Select {
             sources: cfg.sources.clone(),
         }),
@@ -63,11 +57,15 @@ pub fn stages(cfg: &CurateConfig) -> Result<Vec<Box<dyn Stage>>> {
         Box::new(Dedup::new(cfg.dedup.clone())),
         Box::new(LanguageFilter::new(cfg.language.clone())?),
         Box::new(Markers::new(cfg.markers.clone())),
-        Box::new(Mixture {
-            seed: cfg.seed,
-            sources: cfg.sources.clone(),
-        }),
-    ])
+    ];
+    if let Some(l) = &cfg.leakage {
+        v.push(Box::new(Leakage::new(l.clone())?));
+    }
+    v.push(Box::new(Mixture {
+        seed: cfg.seed,
+        sources: cfg.sources.clone(),
+    }));
+    Ok(v)
 }
 
 /// Runs every stage on the conversation table `input`. With `progress`, each stage gets a bar.

@@ -1,1 +1,0 @@
-//! BLEU-based test-set leakage filtering (decontaminate and audit).
