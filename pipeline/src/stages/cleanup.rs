@@ -128,6 +128,9 @@ pub fn find_keyword<'k>(keywords: &'k [String], text: &str) -> Option<&'k str> {
         .map(|k| k.as_str())
 }
 
+/// One cleaned row: the kept inner turn positions (with new text where it changed), and the verdict.
+type Cleaned = (Vec<(usize, Option<String>)>, Verdict);
+
 /// The cleanup stage.
 pub struct Cleanup {
     config: CleanupConfig,
@@ -144,12 +147,7 @@ impl Cleanup {
 
     /// Cleans one conversation: the kept inner positions (with rewritten text where it changed)
     /// and the verdict.
-    fn clean_row(
-        &self,
-        view: &TurnsView,
-        row: usize,
-        sharegpt_rules: bool,
-    ) -> (Vec<(usize, Option<String>)>, Verdict) {
+    fn clean_row(&self, view: &TurnsView, row: usize, sharegpt_rules: bool) -> Cleaned {
         let c = &self.config;
         let mut kept = Vec::new();
         let mut has_reply = false;
@@ -205,7 +203,7 @@ impl Stage for Cleanup {
     ) -> Result<DataFrame> {
         let view = TurnsView::new(&df)?;
         let sources = df.column(col::SOURCE)?.str()?.rechunk().into_owned();
-        let results: Vec<(Vec<(usize, Option<String>)>, Verdict)> = (0..view.len())
+        let results: Vec<Cleaned> = (0..view.len())
             .into_par_iter()
             .map(|i| {
                 let rules = covers(&self.config.sources, sources.get(i).unwrap_or(""));
