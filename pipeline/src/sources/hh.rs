@@ -27,10 +27,10 @@ pub(crate) fn parse(ctx: &RecordCtx, v: &Value) -> FieldResult<Parsed> {
     let rejected = split_transcript(rejected, Preference::Negative)
         .map_err(|m| FieldError::new("rejected", m))?;
     let mut parts = ctx.key.rsplit('/');
-    let split = match parts.next() {
-        Some(s @ ("train" | "test")) => s,
-        _ => "unsplit",
-    };
+    let split = parts
+        .next()
+        .filter(|s| matches!(*s, "train" | "test"))
+        .unwrap_or("unsplit");
     let subset = parts.next();
     let base = ctx.position_id();
     let rows = [("chosen", chosen), ("rejected", rejected)]

@@ -713,10 +713,8 @@ fn finish_file(
     stats: FileStats,
     quarantine: Vec<QuarantineEntry>,
 ) -> Result<FileResult> {
-    if opts.on_error == OnError::Fail {
-        if let Some(q) = quarantine.first() {
-            return Err(q.to_error());
-        }
+    if let (OnError::Fail, Some(q)) = (opts.on_error, quarantine.first()) {
+        return Err(q.to_error());
     }
     for q in &quarantine {
         tracing::debug!(file = %f.name, line = q.line, field = %q.field, "quarantined: {}", q.reason);

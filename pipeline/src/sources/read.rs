@@ -118,7 +118,6 @@ pub struct Split {
 pub fn split_lines(data: &[u8], truncated: bool) -> Split {
     let mut out = Split::default();
     let mut start = 0usize;
-    let mut line = 0u64;
     let mut ends: Vec<usize> = memchr::memchr_iter(b'\n', data).collect();
     let unterminated = data.len() > ends.last().map_or(0, |e| e + 1);
     if unterminated {
@@ -126,7 +125,7 @@ pub fn split_lines(data: &[u8], truncated: bool) -> Split {
     }
     let n = ends.len();
     for (k, end) in ends.into_iter().enumerate() {
-        line += 1;
+        let line = k as u64 + 1;
         let text = &data[start..end];
         let blank = text.iter().all(|b| b.is_ascii_whitespace());
         if truncated && unterminated && k + 1 == n {

@@ -17,7 +17,7 @@ fn load_samples(opts: &LoadOptions) -> (LoadOutcome, Vec<Conversation>) {
     (out, rows)
 }
 
-fn stats<'a>(out: &'a LoadOutcome, source: &str) -> SourceStats {
+fn stats(out: &LoadOutcome, source: &str) -> SourceStats {
     out.by_source()
         .into_iter()
         .find(|s| s.source == source)

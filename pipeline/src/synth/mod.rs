@@ -28,7 +28,7 @@
 //! use koala_pipeline::synth::{synth, Scale, SynthOptions};
 //! let dir = tempfile::tempdir().unwrap();
 //! let report = synth(dir.path(), &SynthOptions { scale: Scale::Tiny, seed: 7 }).unwrap();
-//! assert_eq!(report.files.len(), 15);
+//! assert_eq!(report.files.len(), 27);
 //! let loaded = koala_pipeline::sources::load_dir(dir.path(), &Default::default()).unwrap();
 //! assert_eq!(loaded.totals().records_quarantined, 0);
 //! ```
@@ -623,12 +623,12 @@ fn oig(seed: u64, i: u64, subset: usize, buf: &mut Vec<u8>) {
                 let _ = write!(text, "The answer is {}.", a + b);
             }
             1 => {
-                let _ = write!(text, "Can you turn this poem into song lyrics?\n");
+                let _ = writeln!(text, "Can you turn this poem into song lyrics?");
                 for _ in 0..g.range(4, 12) {
                     let w = g.range(4, 9);
                     let _ = writeln!(text, "{}", g.prose(lang, w).trim_end_matches('.'));
                 }
-                let _ = write!(text, "<bot>: Verse 1:\n");
+                let _ = writeln!(text, "<bot>: Verse 1:");
                 for _ in 0..g.range(6, 20) {
                     let w = g.range(4, 9);
                     let _ = writeln!(text, "{}", g.prose(lang, w).trim_end_matches('.'));
@@ -901,7 +901,7 @@ fn summarize(seed: u64, i: u64, buf: &mut Vec<u8>) {
             let w = g.length(28.0, 0.4, 3, 80);
             SumSummary {
                 text: format!(" {}", g.prose(lang, w)),
-                policy: *g.pick(&policies),
+                policy: policies[g.range(0, policies.len() - 1)],
                 note: None,
             }
         })

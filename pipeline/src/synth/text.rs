@@ -168,7 +168,7 @@ impl Gen {
             if !lang.unspaced() {
                 s.push(' ');
             }
-            s.push_str(*self.pick(words_list));
+            s.push_str(words_list[self.range(0, words_list.len() - 1)]);
         }
         s.push_str(match lang {
             Lang::Zh | Lang::Ja => "？",
