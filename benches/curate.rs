@@ -101,11 +101,11 @@ fn main() -> anyhow::Result<()> {
         if c.source != "sharegpt" {
             continue;
         }
-        if let Some(q) = c.turns.iter().find(|t| t.role.as_str() == "user") {
-            if !seen.insert(normalize_query(&q.text)) {
-                dup += 1;
-                continue;
-            }
+        if let Some(q) = c.turns.iter().find(|t| t.role.as_str() == "user")
+            && !seen.insert(normalize_query(&q.text))
+        {
+            dup += 1;
+            continue;
         }
         let users: Vec<&str> = c
             .turns

@@ -6,12 +6,13 @@
 //! use koala_pipeline::schema::{to_dataframe, Conversation, Turn};
 //! use koala_pipeline::stages::{config::CurateConfig, run::curate};
 //! let cfg = CurateConfig::from_toml_str("[[sources]]\nname = \"alpaca\"", "inline").unwrap();
-//! let row = |i: u64, q: &str| Conversation {
+//! let row = |i: u64, reply: &str| Conversation {
 //!     id: format!("alpaca/{i}"), source: "alpaca".into(), split: "unsplit".into(),
-//!     turns: vec![Turn::user(q), Turn::assistant("Here is a short and friendly answer for you.")],
+//!     turns: vec![Turn::user("Name three colours of the rainbow."), Turn::assistant(reply)],
 //!     src_file: "alpaca_data.json".into(), src_record: i, meta: "{}".into(),
 //! };
-//! let df = to_dataframe(&[row(1, "Name three colours of the rainbow."), row(2, "")]).unwrap();
+//! // The second row has an empty reply: cleanup drops it (no_assistant_reply).
+//! let df = to_dataframe(&[row(1, "Red, orange and yellow are three of them."), row(2, " ")]).unwrap();
 //! let out = curate(&cfg, df, None).unwrap();
 //! assert_eq!((out.kept.height(), out.dropped.height()), (1, 1));
 //! ```
