@@ -43,6 +43,12 @@ enum Command {
     Load(cmd::load::Args),
     /// Write a synthetic corpus of the seven sources in their published formats.
     Synth(cmd::synth::Args),
+    /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
+    Curate(cmd::curate::CurateArgs),
+    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
+    Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
+    Bleu(cmd::bleu::BleuArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,5 +73,10 @@ fn main() -> anyhow::Result<()> {
         Command::Decontaminate(args) => cmd::decontaminate::run(args),
         Command::Load(a) => cmd::load::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Load(a) => cmd::load::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
+        Command::Curate(args) => cmd::curate::run(args),
+        Command::Bleu(args) => cmd::bleu::run(args),
+        Command::Decontaminate(args) => cmd::decontaminate::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per `koala` subcommand.
 pub mod bleu;
+pub mod curate;
 pub mod decontaminate;
 pub mod generate;
 pub mod jobs;

@@ -1,0 +1,148 @@
+//! Whole-pipeline bench: the Koala-scale synthetic corpus (`koala synth --scale koala`) through
+//! the full `koala-all` preset (no leakage filter), time per stage and rows/s, peak RSS; plus a
+//! baseline on the same input: a straightforward row-by-row dedup (HashSet of normalised
+//! queries) and language filter (whatlang per row), and the pipeline's speed as a ratio to it.
+//!
+//! `cargo bench --bench curate` (set `KOALA_BENCH_DATA=DIR` to reuse a corpus; it is generated
+//! with the built `koala` binary otherwise). Goal: < 30 s and < 6 GB peak RSS on 2 cores.
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use koala_pipeline::schema::from_dataframe;
+use koala_pipeline::sources::{LoadOptions, load_dir};
+use koala_pipeline::stages::config::CurateConfig;
+use koala_pipeline::stages::dedup::normalize_query;
+use koala_pipeline::stages::run::{curate, write_outputs};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let data = match std::env::var_os("KOALA_BENCH_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let d = std::env::temp_dir().join("koala-bench-synth-koala");
+            if !d.join(".complete").exists() {
+                let t = Instant::now();
+                let st = Command::new(env!("CARGO_BIN_EXE_koala"))
+                    .args(["synth", "--scale", "koala", "--out"])
+                    .arg(&d)
+                    .status()?;
+                anyhow::ensure!(st.success(), "koala synth failed");
+                std::fs::write(d.join(".complete"), b"")?;
+                println!("synth: {:.1} s", t.elapsed().as_secs_f64());
+            }
+            d
+        }
+    };
+    let mut cfg = CurateConfig::load(&root.join("pipeline/presets/koala-all.toml"))?;
+    cfg.leakage = None;
+
+    let t_load = Instant::now();
+    let table = load_dir(&data, &LoadOptions::default())?.table;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let rows = table.height();
+    println!(
+        "input: {rows} conversations from {} (load {load_s:.2} s)",
+        data.display()
+    );
+
+    // Pipeline.
+    let t = Instant::now();
+    let mut out = curate(&cfg, table.clone(), None)?;
+    let stages_s = t.elapsed().as_secs_f64();
+    let out_dir = std::env::temp_dir().join("koala-bench-curate-out");
+    let t_w = Instant::now();
+    let report = write_outputs(&cfg, &mut out, &out_dir)?;
+    let write_s = t_w.elapsed().as_secs_f64();
+    println!(
+        "\n{:<10} {:>9} {:>9} {:>12}",
+        "stage", "seconds", "kept", "rows/s"
+    );
+    for ((name, d), st) in out.timings.iter().zip(&out.stats) {
+        let s = d.as_secs_f64();
+        println!(
+            "{name:<10} {s:>9.3} {:>9} {:>12.0}",
+            st.kept,
+            st.total as f64 / s.max(1e-9)
+        );
+    }
+    println!("{:<10} {write_s:>9.3}", "write");
+    let total = load_s + stages_s + write_s;
+    println!(
+        "pipeline: load {load_s:.2} s + stages {stages_s:.2} s + write {write_s:.2} s = {total:.2} s, \
+         {:.0} rows/s end to end; {} kept, {} dropped",
+        rows as f64 / total,
+        report.rows_kept,
+        report.rows_dropped
+    );
+
+    // Baseline: row by row, same input, same scope as the preset (ShareGPT only for both).
+    let t_b = Instant::now();
+    let convs = from_dataframe(&table)?;
+    let convert_s = t_b.elapsed().as_secs_f64();
+    let t_b2 = Instant::now();
+    let mut seen: HashSet<String> = HashSet::new();
+    let (mut dup, mut non_en) = (0usize, 0usize);
+    for c in &convs {
+        if c.source != "sharegpt" {
+            continue;
+        }
+        if let Some(q) = c.turns.iter().find(|t| t.role.as_str() == "user")
+            && !seen.insert(normalize_query(&q.text))
+        {
+            dup += 1;
+            continue;
+        }
+        let users: Vec<&str> = c
+            .turns
+            .iter()
+            .filter(|t| t.role.as_str() == "user")
+            .map(|t| t.text.as_str())
+            .collect();
+        if let Some(info) = whatlang::detect(&users.join("\n"))
+            && info.lang() != whatlang::Lang::Eng
+        {
+            non_en += 1;
+        }
+    }
+    let base_s = t_b2.elapsed().as_secs_f64();
+    let ours: f64 = out
+        .timings
+        .iter()
+        .filter(|(n, _)| n == "dedup" || n == "language")
+        .map(|(_, d)| d.as_secs_f64())
+        .sum();
+    println!(
+        "\nbaseline (HashSet dedup + per-row whatlang): {base_s:.3} s (+ {convert_s:.3} s to read the \
+         table into Rust values); {dup} duplicates, {non_en} non-English"
+    );
+    println!(
+        "pipeline dedup + language: {ours:.3} s; speed ratio vs baseline: {:.2}× ({:.2}× counting the baseline's table read)",
+        base_s / ours.max(1e-9),
+        (base_s + convert_s) / ours.max(1e-9)
+    );
+    println!(
+        "peak RSS: {:.0} MiB; goal: < 30 s and < 6144 MiB → {}",
+        peak_rss_mib(),
+        if total < 30.0 && peak_rss_mib() < 6144.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The curation config (a preset TOML file): sources of the mixture plus one table per stage.
+//! Unknown keys anywhere are errors, so a typo is caught; every field has a default, documented
+//! in `docs/curation.md`.
+//!
+//! # Example
+//! ```
+//! use koala_pipeline::stages::config::CurateConfig;
+//! let cfg = CurateConfig::from_toml_str(r#"
+//!     name = "tiny"
+//!     seed = 7
+//!     [[sources]]
+//!     name = "alpaca"
+//!     [markers]
+//!     mode = "po"
+//! "#, "inline").unwrap();
+//! assert_eq!(cfg.sources[0].name, "alpaca");
+//! assert!(CurateConfig::from_toml_str("sed = 7\n[[sources]]\nname = \"x\"", "inline").is_err());
+//! ```
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::cleanup::CleanupConfig;
+use super::dedup::DedupConfig;
+use super::language::LanguageConfig;
+use super::markers::MarkersConfig;
+use super::mixture::SourceSpec;
+use crate::error::{Error, Result};
+
+/// Output options (TOML table `[export]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Write `train.jsonl` / `eval.jsonl` in the Koala/EasyLM format.
+    pub jsonl: bool,
+    /// Shuffle the JSONL examples (seeded), as Koala's `cat … | shuf`.
+    pub shuffle: bool,
+    /// Write `eval_prompts.json` (`{"prefix": […], "text": […]}`, Koala's eval format).
+    pub eval_prompts: bool,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            jsonl: true,
+            shuffle: true,
+            eval_prompts: true,
+        }
+    }
+}
+
+/// A whole curation run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurateConfig {
+    /// Shown in reports.
+    #[serde(default)]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Seed of every shuffle (sampling, splits, JSONL order).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The mixture: sources in priority order (their order is the table order for dedup ties).
+    pub sources: Vec<SourceSpec>,
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    #[serde(default)]
+    pub language: LanguageConfig,
+    #[serde(default)]
+    pub markers: MarkersConfig,
+    /// The BLEU leakage filter ([`crate::leakage::LeakageConfig`]); no table = no filter.
+    #[serde(default)]
+    pub leakage: Option<crate::leakage::LeakageConfig>,
+    #[serde(default)]
+    pub export: ExportConfig,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+impl CurateConfig {
+    /// Parses and validates a config; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg: CurateConfig =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.sources.is_empty() {
+            return Err(Error::Config("`sources` is empty".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            if !seen.insert(s.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "source `{}` is listed twice",
+                    s.name
+                )));
+            }
+            s.validate()?;
+        }
+        super::language::LanguageFilter::new(self.language.clone())?;
+        super::minhash::MinHashLsh::new(self.dedup.near.clone())?;
+        if let Some(l) = &self.leakage {
+            l.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_nested_key_is_an_error() {
+        let e =
+            CurateConfig::from_toml_str("[[sources]]\nname='a'\n[dedup]\nscoep='global'", "t.toml")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("t.toml") && e.contains("scoep"), "{e}");
+    }
+
+    #[test]
+    fn leakage_table_is_typed_and_checked() {
+        let c =
+            CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\nthreshold=25.0", "t")
+                .unwrap();
+        assert_eq!(c.leakage.unwrap().threshold, 25.0);
+        let e = CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\ntreshold=25.0", "t");
+        assert!(e.unwrap_err().to_string().contains("treshold"));
+        let none = CurateConfig::from_toml_str("[[sources]]\nname='a'", "t").unwrap();
+        assert!(none.leakage.is_none());
+    }
+
+    #[test]
+    fn defaults_are_koala() {
+        let c = CurateConfig::from_toml_str("[[sources]]\nname='sharegpt'", "t").unwrap();
+        assert_eq!(c.seed, 42);
+        assert_eq!(c.cleanup.origin_keywords.len(), 8);
+        assert_eq!(c.markers.positive, "GPT:");
+        assert!(!c.dedup.near.enabled);
+        assert_eq!(c.language.keep, ["eng"]);
+    }
+
+    #[test]
+    fn every_shipped_preset_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("presets");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let cfg = CurateConfig::load(&path).unwrap();
+            assert_eq!(
+                Some(cfg.name.as_str()),
+                path.file_stem().and_then(|s| s.to_str())
+            );
+            names.push(cfg.name);
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "chat_hc",
+                "hf_pn",
+                "hf_po",
+                "instruct_pn",
+                "instruct_po",
+                "koala-all",
+                "koala-distill",
+                "open_source_pn",
+                "open_source_po"
+            ]
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Stage 4b, test-set leakage: the BLEU filter of [`crate::leakage`] as a curation stage.
+//!
+//! Training conversations whose first user turn scores a sentence BLEU above the threshold
+//! (Koala: 20) against any prompt of the configured test sets are dropped: reason `leakage`,
+//! details `{"test_id", "test_file", "bleu"}`. Only the `decontaminate` direction makes sense
+//! inside `curate` (the `audit` direction filters the test set; use `koala decontaminate`).
+//! Relative `test_sets` paths are taken from the working directory.
+//!
+//! # Example
+//! ```
+//! use koala_pipeline::leakage::{LeakageConfig, testset::TestPrompt};
+//! use koala_pipeline::schema::{to_dataframe, Conversation, Turn};
+//! use koala_pipeline::stages::{leakage::Leakage, Stage};
+//! let conv = |id: &str, q: &str| Conversation {
+//!     id: id.into(), source: "sharegpt".into(), split: "unsplit".into(),
+//!     turns: vec![Turn::user(q), Turn::assistant("...")],
+//!     src_file: "f".into(), src_record: 1, meta: "{}".into(),
+//! };
+//! let df = to_dataframe(&[
+//!     conv("a", "Write a haiku about autumn leaves falling in the park."),
+//!     conv("b", "How do I bake sourdough bread at home?"),
+//! ]).unwrap();
+//! let tests = vec![TestPrompt { id: "t1".into(), file: "koala_test.jsonl".into(), record: 1,
+//!     prompt: "Write a haiku about autumn leaves falling in a park.".into() }];
+//! let out = Leakage::with_tests(LeakageConfig::default(), tests).unwrap().run(df).unwrap();
+//! assert_eq!(out.stats.dropped["leakage"], 1);
+//! ```
+use std::collections::HashMap;
+
+use indicatif::ProgressBar;
+use polars::prelude::*;
+
+use super::{Stage, Verdict, add_verdicts, details};
+use crate::error::{Error, Result};
+use crate::leakage::{Direction, LeakageConfig, TestPrompt, filter, load_test_sets, out_col};
+use crate::schema::col;
+
+/// The leakage stage.
+pub struct Leakage {
+    config: LeakageConfig,
+    tests: Vec<TestPrompt>,
+}
+
+impl Leakage {
+    /// Loads the configured test sets.
+    pub fn new(config: LeakageConfig) -> Result<Self> {
+        if config.test_sets.is_empty() {
+            return Err(Error::Config(
+                "leakage.test_sets is empty: name the test-set files to decontaminate against"
+                    .into(),
+            ));
+        }
+        let tests = load_test_sets(&config.test_sets)?;
+        Self::with_tests(config, tests)
+    }
+
+    /// Uses already loaded test prompts.
+    pub fn with_tests(config: LeakageConfig, tests: Vec<TestPrompt>) -> Result<Self> {
+        config.validate()?;
+        if config.direction != Direction::Decontaminate {
+            return Err(Error::Config(
+                "leakage.direction must be \"decontaminate\" in curate (audit filters the test set: use `koala decontaminate`)".into(),
+            ));
+        }
+        Ok(Leakage { config, tests })
+    }
+}
+
+impl Stage for Leakage {
+    fn name(&self) -> &'static str {
+        "leakage"
+    }
+
+    fn annotate_with_progress(&self, df: DataFrame, progress: &ProgressBar) -> Result<DataFrame> {
+        let out = filter(&df, &self.tests, &self.config)?;
+        progress.inc(df.height() as u64);
+        let d = &out.dropped;
+        let ids = d.column(col::ID)?.str()?;
+        let test_ids = d.column(out_col::LEAK_TEST_ID)?.str()?;
+        let files = d.column(out_col::LEAK_TEST_FILE)?.str()?;
+        let scores = d.column(out_col::BLEU_MAX)?.f64()?;
+        let mut by_id: HashMap<&str, String> = HashMap::with_capacity(d.height());
+        for i in 0..d.height() {
+            let score = scores.get(i).unwrap_or(f64::NAN);
+            by_id.insert(
+                ids.get(i).unwrap_or(""),
+                details(&[
+                    ("test_id", test_ids.get(i).unwrap_or("").into()),
+                    ("test_file", files.get(i).unwrap_or("").into()),
+                    ("bleu", ((score * 1e4).round() / 1e4).into()),
+                ]),
+            );
+        }
+        let verdicts: Vec<Verdict> = df
+            .column(col::ID)?
+            .str()?
+            .iter()
+            .map(|id| by_id.remove(id.unwrap_or("")).map(|d| ("leakage", d)))
+            .collect();
+        if !by_id.is_empty() {
+            return Err(Error::Invariant(format!(
+                "leakage: {} dropped ids not found in the table (ids must be unique)",
+                by_id.len()
+            )));
+        }
+        add_verdicts(df, &verdicts)
+    }
+}

@@ -1,0 +1,195 @@
+//! The whole curation run: select → cleanup → dedup → language → markers → [leakage] → mixture, with
+//! lineage and the invariant `rows in = kept + Σ dropped`, checked at the end of every run.
+//!
+//! # Example
+//! ```
+//! use koala_pipeline::schema::{to_dataframe, Conversation, Turn};
+//! use koala_pipeline::stages::{config::CurateConfig, run::curate};
+//! let cfg = CurateConfig::from_toml_str("[[sources]]\nname = \"alpaca\"", "inline").unwrap();
+//! let row = |i: u64, reply: &str| Conversation {
+//!     id: format!("alpaca/{i}"), source: "alpaca".into(), split: "unsplit".into(),
+//!     turns: vec![Turn::user("Name three colours of the rainbow."), Turn::assistant(reply)],
+//!     src_file: "alpaca_data.json".into(), src_record: i, meta: "{}".into(),
+//! };
+//! // The second row has an empty reply: cleanup drops it (no_assistant_reply).
+//! let df = to_dataframe(&[row(1, "Red, orange and yellow are three of them."), row(2, " ")]).unwrap();
+//! let out = curate(&cfg, df, None).unwrap();
+//! assert_eq!((out.kept.height(), out.dropped.height()), (1, 1));
+//! ```
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use polars::prelude::*;
+
+use super::cleanup::Cleanup;
+use super::config::CurateConfig;
+use super::dedup::Dedup;
+use super::language::LanguageFilter;
+use super::leakage::Leakage;
+use super::markers::Markers;
+use super::mixture::{Mixture, Select};
+use super::report::Report;
+use super::{Stage, StageStats, empty_dropped};
+use crate::error::{Error, Result};
+use crate::schema::validate;
+
+/// Everything a run produced, in memory.
+#[derive(Debug)]
+pub struct CurateOutput {
+    /// Kept rows: the conversation columns plus `language`, `language_score`, `mix_split`.
+    pub kept: DataFrame,
+    /// Dropped rows of every stage: the conversation columns plus stage, reason, details.
+    pub dropped: DataFrame,
+    /// Per-stage counts, in order.
+    pub stats: Vec<StageStats>,
+    /// Wall time per stage.
+    pub timings: Vec<(String, Duration)>,
+    pub rows_in: u64,
+}
+
+/// The stages of `cfg`, in recipe order.
+pub fn stages(cfg: &CurateConfig) -> Result<Vec<Box<dyn Stage>>> {
+    let mut v: Vec<Box<dyn Stage>> = vec![
+        Box::new(Select {
+            sources: cfg.sources.clone(),
+        }),
+        Box::new(Cleanup::new(cfg.cleanup.clone())),
+        Box::new(Dedup::new(cfg.dedup.clone())),
+        Box::new(LanguageFilter::new(cfg.language.clone())?),
+        Box::new(Markers::new(cfg.markers.clone())),
+    ];
+    if let Some(l) = &cfg.leakage {
+        v.push(Box::new(Leakage::new(l.clone())?));
+    }
+    v.push(Box::new(Mixture {
+        seed: cfg.seed,
+        sources: cfg.sources.clone(),
+    }));
+    Ok(v)
+}
+
+/// Runs every stage on the conversation table `input`. With `progress`, each stage gets a bar.
+pub fn curate(
+    cfg: &CurateConfig,
+    input: DataFrame,
+    progress: Option<&MultiProgress>,
+) -> Result<CurateOutput> {
+    validate(&input)?;
+    cfg.validate()?;
+    let rows_in = input.height() as u64;
+    let mut df = input;
+    let mut dropped = empty_dropped()?;
+    let mut stats = Vec::new();
+    let mut timings = Vec::new();
+    let style = ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
+        .map_err(|e| Error::Config(e.to_string()))?
+        .progress_chars("=> ");
+    for stage in stages(cfg)? {
+        let pb = match progress {
+            Some(mp) => mp.add(ProgressBar::new(df.height() as u64)),
+            None => ProgressBar::hidden(),
+        };
+        pb.set_style(style.clone());
+        pb.set_prefix(stage.name());
+        let t0 = Instant::now();
+        let out = stage.run_with_progress(df, &pb)?;
+        timings.push((stage.name().to_string(), t0.elapsed()));
+        pb.finish_with_message(format!(
+            "kept {}, dropped {}",
+            out.stats.kept,
+            out.stats.dropped_total()
+        ));
+        tracing::debug!(
+            stage = stage.name(),
+            kept = out.stats.kept,
+            dropped = out.stats.dropped_total()
+        );
+        dropped.vstack_mut(&out.dropped)?;
+        stats.push(out.stats);
+        df = out.kept;
+    }
+    dropped.rechunk_mut();
+    let out = CurateOutput {
+        kept: df,
+        dropped,
+        stats,
+        timings,
+        rows_in,
+    };
+    check_lineage(&out)?;
+    Ok(out)
+}
+
+/// The lineage invariant: rows in = kept + Σ dropped, for the run and for every stage, and each
+/// stage starts with what the one before it kept.
+pub fn check_lineage(out: &CurateOutput) -> Result<()> {
+    let kept = out.kept.height() as u64;
+    let dropped = out.dropped.height() as u64;
+    if out.rows_in != kept + dropped {
+        return Err(Error::Invariant(format!(
+            "lineage: {} rows in, but {kept} kept + {dropped} dropped = {}",
+            out.rows_in,
+            kept + dropped
+        )));
+    }
+    let mut expect = out.rows_in;
+    for s in &out.stats {
+        s.check()?;
+        if s.total != expect {
+            return Err(Error::Invariant(format!(
+                "lineage: stage `{}` got {} rows, the previous stage kept {expect}",
+                s.stage, s.total
+            )));
+        }
+        expect = s.kept;
+    }
+    if expect != kept {
+        return Err(Error::Invariant(format!(
+            "lineage: last stage kept {expect}, output has {kept}"
+        )));
+    }
+    Ok(())
+}
+
+fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    ParquetWriter::new(f).finish(df)?;
+    Ok(())
+}
+
+/// Writes `kept.parquet`, `dropped.parquet`, the JSONL export, `report.json`, `report.md` and
+/// `composition.svg` into `dir`, and re-checks the invariant on the files written.
+pub fn write_outputs(cfg: &CurateConfig, out: &mut CurateOutput, dir: &Path) -> Result<Report> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_parquet(&mut out.kept, &dir.join("kept.parquet"))?;
+    write_parquet(&mut out.dropped, &dir.join("dropped.parquet"))?;
+    let export = if cfg.export.jsonl {
+        Some(super::export::write_jsonl(
+            &out.kept,
+            &cfg.markers,
+            cfg.seed,
+            cfg.export.shuffle,
+            cfg.export.eval_prompts,
+            dir,
+        )?)
+    } else {
+        None
+    };
+    // Read back what was written: the files, not the memory, must satisfy the invariant.
+    let count = |name: &str| -> Result<u64> {
+        let path = dir.join(name);
+        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(ParquetReader::new(f).finish()?.height() as u64)
+    };
+    let (k, d) = (count("kept.parquet")?, count("dropped.parquet")?);
+    if k + d != out.rows_in {
+        return Err(Error::Invariant(format!(
+            "lineage on disk: {} rows in, kept.parquet {k} + dropped.parquet {d}",
+            out.rows_in
+        )));
+    }
+    let report = Report::build(cfg, out, export)?;
+    report.write(dir)?;
+    Ok(report)
+}
