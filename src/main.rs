@@ -19,6 +19,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Format, tokenise (with loss masks) and pack conversations into training shards.
+    Tokenize(cmd::tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Tokenize(a) => cmd::tokenize::main(a),
+    }
 }

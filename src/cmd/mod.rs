@@ -1,1 +1,2 @@
 //! One module per `koala` subcommand.
+pub mod tokenize;
