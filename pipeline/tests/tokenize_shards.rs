@@ -322,3 +322,40 @@ fn missing_input_names_the_file() {
     .to_string();
     assert!(e.contains("nope.parquet"), "{e}");
 }
+
+/// The curation stage's Koala JSONL export (`koala curate` on the loaders' sample data, branch
+/// `curate`, committed as fixtures) read through the EasyLM fields interpreter gives exactly the
+/// pieces the Koala format renders from the same kept conversations: training on our shards and
+/// training EasyLM on the exported JSONL see the same tokens.
+#[test]
+fn koala_format_agrees_with_the_curated_easylm_export() {
+    use koala_pipeline::format::{FieldsSpec, Format, KoalaFormat};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (_, convs) =
+        koala_pipeline::tokenize::run::read_conversations(&fx.join("tok_curated_kept.parquet"))
+            .unwrap();
+    let by_id: std::collections::HashMap<&str, &Conversation> =
+        convs.iter().map(|c| (c.id.as_str(), c)).collect();
+    let kf = KoalaFormat::default();
+    let spec = FieldsSpec {
+        fields_from_example: "fields".into(),
+        prepend_text: kf.prepend_text.clone(),
+        add_eos_token: false,
+        ..FieldsSpec::default()
+    };
+    let format = Format::Koala(kf);
+    let text = std::fs::read_to_string(fx.join("tok_curated_train.jsonl")).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let rec: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let id = rec["id"].as_str().unwrap();
+        let conv = by_id[id];
+        assert_eq!(
+            spec.render(&rec).unwrap(),
+            format.render(conv).unwrap(),
+            "{id}"
+        );
+        n += 1;
+    }
+    assert!(n >= 40, "{n}");
+}

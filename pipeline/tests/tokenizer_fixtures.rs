@@ -36,9 +36,16 @@ fn check(tok: &Tok, fx: &Value, name: &str) {
     for (i, t) in texts(fx).iter().enumerate() {
         let got = tok.encode_text(t).unwrap();
         assert_eq!(got, want[i], "{name}: ids of text {i} {t:?}");
-        assert_eq!(tok.decode(&got).unwrap(), decoded[i], "{name}: decoding of text {i}");
+        assert_eq!(
+            tok.decode(&got).unwrap(),
+            decoded[i],
+            "{name}: decoding of text {i}"
+        );
     }
-    assert_eq!(Some(tok.eos_id), fx[name]["eos_id"].as_u64().map(|x| x as u32));
+    assert_eq!(
+        Some(tok.eos_id),
+        fx[name]["eos_id"].as_u64().map(|x| x as u32)
+    );
     assert_eq!(tok.bos_id, fx[name]["bos_id"].as_u64().map(|x| x as u32));
 }
 
@@ -73,7 +80,10 @@ fn llama_style_tokenizer_matches_python() {
     // as EasyLM does it (each piece gets SentencePiece's dummy-prefix "▁").
     let pieces = Format::Koala(KoalaFormat::default())
         .render_turns(
-            &[Turn::user("Hello!"), Turn::assistant("Hi! How can I help you?")],
+            &[
+                Turn::user("Hello!"),
+                Turn::assistant("Hi! How can I help you?"),
+            ],
             "{}",
         )
         .unwrap();

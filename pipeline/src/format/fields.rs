@@ -124,43 +124,49 @@ impl FieldsSpec {
 }
 
 /// Exports turns as the Koala data pipeline's JSONL record (`marker_*`, `human_K`, `gpt_K` /
-/// `gpt_bad_K`, `fields`), K being the turn's position. System turns have no Koala field and
-/// are left out.
+/// `gpt_bad_K`, `system_K`, `fields`), K being the turn's position, with the same field layout as
+/// the curation stage's export: a user turn answered by the next turn is
+/// `[marker_user+human_K+marker_gpt(_bad)]`, an unanswered one `[marker_user+human_K]`, an assistant
+/// turn with no user turn before it gets `[marker_gpt(_bad)]`, a system turn `[system_K]`.
 pub fn koala_example(turns: &[Turn], f: &KoalaFormat) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("marker_user".into(), f.user_marker.clone().into());
     m.insert("marker_gpt".into(), f.gpt_marker.clone().into());
     m.insert("marker_gpt_bad".into(), f.gpt_bad_marker.clone().into());
+    let marker_key = |t: &Turn| match t.preference {
+        Preference::Negative => "marker_gpt_bad",
+        _ => "marker_gpt",
+    };
     let mut fields: Vec<String> = Vec::new();
-    let mut pending_user: Option<String> = None;
     for (i, t) in turns.iter().enumerate() {
         match t.role {
-            Role::System => {}
+            Role::System => {
+                let key = format!("system_{i}");
+                m.insert(key.clone(), t.text.clone().into());
+                fields.push(format!("[{key}]"));
+            }
             Role::User => {
                 let key = format!("human_{i}");
                 m.insert(key.clone(), t.text.clone().into());
-                if let Some(prev) = pending_user.replace(key) {
-                    fields.push(format!("[marker_user+{prev}]"));
+                match turns.get(i + 1).filter(|n| n.role == Role::Assistant) {
+                    Some(next) => fields.push(format!("[marker_user+{key}+{}]", marker_key(next))),
+                    None => fields.push(format!("[marker_user+{key}]")),
                 }
             }
             Role::Assistant => {
-                let (data, marker) = match t.preference {
-                    Preference::Negative => ("gpt_bad", "marker_gpt_bad"),
-                    _ => ("gpt", "marker_gpt"),
+                let data = match t.preference {
+                    Preference::Negative => "gpt_bad",
+                    _ => "gpt",
                 };
                 let key = format!("{data}_{i}");
                 m.insert(key.clone(), t.text.clone().into());
-                match pending_user.take() {
-                    Some(u) => fields.push(format!("[marker_user+{u}+{marker}]")),
-                    None => fields.push(format!("[{marker}]")),
+                if i == 0 || turns[i - 1].role != Role::User {
+                    fields.push(format!("[{}]", marker_key(t)));
                 }
                 fields.push(key);
                 fields.push("<|eos|>".into());
             }
         }
-    }
-    if let Some(u) = pending_user {
-        fields.push(format!("[marker_user+{u}]"));
     }
     m.insert("fields".into(), fields.join(",").into());
     m
@@ -272,6 +278,13 @@ mod tests {
             Turn::user("Bye"),
             Turn::assistant_with("Whatever.", Preference::Negative),
         ];
+        let odd = [
+            Turn::system("Be brief."),
+            Turn::user("a"),
+            Turn::user("b"),
+            Turn::assistant("c"),
+            Turn::assistant_with("d", Preference::Negative),
+        ];
         let kf = KoalaFormat::default();
         let ex = koala_example(&turns, &kf);
         assert_eq!(
@@ -286,6 +299,13 @@ mod tests {
         };
         let via_fields = spec.render(&ex).unwrap();
         assert_eq!(via_fields, kf.render(&turns).unwrap());
+        // The layout of the curation stage's export test (`system_and_unanswered_turns`).
+        let ex_odd = koala_example(&odd, &kf);
+        assert_eq!(
+            ex_odd["fields"],
+            "[system_0],[marker_user+human_1],[marker_user+human_2+marker_gpt],gpt_3,<|eos|>,[marker_gpt_bad],gpt_bad_4,<|eos|>"
+        );
+        assert_eq!(spec.render(&ex_odd).unwrap(), kf.render(&odd).unwrap());
         assert_eq!(
             render_text(&via_fields, "<s>", "</s>"),
             "<s>BEGINNING OF CONVERSATION: USER: Hi GPT:Hello!</s>USER: Bye An Unhelpful Answer:Whatever.</s>"

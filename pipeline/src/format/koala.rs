@@ -12,8 +12,8 @@
 //! ```
 //!
 //! A negative assistant turn (human feedback) uses `An Unhelpful Answer:` in place of `GPT:`.
-//! A system turn has no place in the original format; it is rendered as masked text followed by
-//! the separator, before the next user marker.
+//! A system turn has no place in the original format; like the curation stage's Koala JSONL
+//! export (`[system_K]`), it is its own masked field.
 use serde::{Deserialize, Serialize};
 
 use super::{Piece, Special, Unrenderable};
@@ -51,8 +51,19 @@ impl Default for KoalaFormat {
 }
 
 impl KoalaFormat {
-    /// Renders turns into pieces. Consecutive context (user turns, markers) forms one masked field,
-    /// as in the Koala data, where `[marker_user+human_K+marker_gpt]` is one field.
+    fn marker(&self, t: &Turn) -> &str {
+        match t.preference {
+            Preference::Negative => &self.gpt_bad_marker,
+            Preference::Positive | Preference::Unrated => &self.gpt_marker,
+        }
+    }
+
+    /// Renders turns into pieces, one per EasyLM field of the Koala record that
+    /// [`super::fields::koala_example`] (and the curation stage's JSONL export) writes:
+    /// `[marker_user+human_K+marker_gpt]` for a user turn answered by the next turn,
+    /// `[marker_user+human_K]` for one that is not, `[marker_gpt]` before an assistant turn with
+    /// no user turn before it, `[system_K]` for a system turn, then `gpt_K`, `<|eos|>`.
+    /// `prepend_text` goes before the first field only.
     pub fn render(&self, turns: &[Turn]) -> Result<Vec<Piece>, Unrenderable> {
         let mut out = Vec::with_capacity(2 + 3 * turns.len());
         if self.add_bos {
@@ -61,27 +72,33 @@ impl KoalaFormat {
                 loss: false,
             });
         }
-        let mut context = self.prepend_text.clone();
-        for t in turns {
+        let mut first = true;
+        let mut field = |out: &mut Vec<Piece>, text: String, loss: bool| {
+            let text = if std::mem::take(&mut first) {
+                format!("{}{text}", self.prepend_text)
+            } else {
+                text
+            };
+            out.push(Piece::Text { text, loss });
+        };
+        for (k, t) in turns.iter().enumerate() {
             match t.role {
-                Role::System => {
-                    context.push_str(&t.text);
-                    context.push_str(&self.separator);
-                }
+                Role::System => field(&mut out, t.text.clone(), false),
                 Role::User => {
-                    context.push_str(&self.user_marker);
-                    context.push_str(&self.separator);
-                    context.push_str(&t.text);
-                    context.push_str(&self.separator);
+                    let mut text = format!("{}{}{}", self.user_marker, self.separator, t.text);
+                    if let Some(next) = turns.get(k + 1).filter(|n| n.role == Role::Assistant) {
+                        text.push_str(&self.separator);
+                        text.push_str(self.marker(next));
+                    }
+                    field(&mut out, text, false);
                 }
                 Role::Assistant => {
-                    context.push_str(match t.preference {
-                        Preference::Negative => &self.gpt_bad_marker,
-                        Preference::Positive | Preference::Unrated => &self.gpt_marker,
-                    });
-                    out.push(Piece::prompt(std::mem::take(&mut context)));
+                    if k == 0 || turns[k - 1].role != Role::User {
+                        field(&mut out, self.marker(t).to_string(), false);
+                    }
+                    // An empty answer encodes to no tokens, as in EasyLM; keep only its EOS.
                     if !t.text.is_empty() {
-                        out.push(Piece::target(t.text.clone()));
+                        field(&mut out, t.text.clone(), true);
                     }
                     out.push(Piece::Special {
                         token: Special::Eos,
@@ -89,11 +106,6 @@ impl KoalaFormat {
                     });
                 }
             }
-        }
-        // Trailing context (a conversation that ends with a user turn) stays as masked text; it
-        // adds no loss, and `Format::render` rejects conversations with no target at all.
-        if !context.is_empty() && context != self.prepend_text {
-            out.push(Piece::prompt(context));
         }
         Ok(out)
     }
@@ -220,7 +232,23 @@ mod tests {
             .unwrap();
         assert_eq!(
             render_text(&p, "<s>", "</s>"),
-            "BEGINNING OF CONVERSATION: Be brief. USER: Hi GPT:Hello</s>"
+            "BEGINNING OF CONVERSATION: Be brief.USER: Hi GPT:Hello</s>"
+        );
+        // A user turn nobody answered is its own field, without the trailing separator.
+        let p = no_bos()
+            .render(&[Turn::user("a"), Turn::user("b"), Turn::assistant("c")])
+            .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Piece::prompt("BEGINNING OF CONVERSATION: USER: a"),
+                Piece::prompt("USER: b GPT:"),
+                Piece::target("c"),
+                Piece::Special {
+                    token: Special::Eos,
+                    loss: true
+                },
+            ]
         );
     }
 }
