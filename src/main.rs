@@ -49,6 +49,8 @@ enum Command {
     Decontaminate(cmd::decontaminate::DecontaminateArgs),
     /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
     Bleu(cmd::bleu::BleuArgs),
+    /// Format, tokenise (with loss masks) and pack conversations into training shards.
+    Tokenize(cmd::tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,5 +80,6 @@ fn main() -> anyhow::Result<()> {
         Command::Curate(args) => cmd::curate::run(args),
         Command::Bleu(args) => cmd::bleu::run(args),
         Command::Decontaminate(args) => cmd::decontaminate::run(args),
+        Command::Tokenize(a) => cmd::tokenize::main(a),
     }
 }

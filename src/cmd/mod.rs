@@ -9,4 +9,5 @@ pub mod logits;
 pub mod serve;
 pub mod submit;
 pub mod synth;
+pub mod tokenize;
 pub mod train;
