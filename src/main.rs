@@ -19,6 +19,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per subcommand, in the order of docs/architecture.md's command map.
+    /// Write a synthetic corpus of the seven sources in their published formats.
+    Synth(cmd::synth::Args),
+    /// Read a directory of public dialogue datasets into one Parquet conversation table.
+    Load(cmd::load::Args),
+    /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
+    Curate(cmd::curate::CurateArgs),
+    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
+    Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
+    Bleu(cmd::bleu::BleuArgs),
+    /// Format, tokenise (with loss masks) and pack conversations into training shards.
+    Tokenize(cmd::tokenize::TokenizeArgs),
     /// Train locally on token shards (progress bar, metrics JSONL, loss curve, checkpoints).
     Train(cmd::train::Args),
     /// Write the fp32 logits of a batch of token ids as .npy (cross-check against transformers).
@@ -35,22 +47,6 @@ enum Command {
     Job(cmd::jobs::JobArgs),
     /// Cancel a job (a running one stops at its next step boundary).
     Cancel(cmd::jobs::CancelArgs),
-    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
-    Decontaminate(cmd::decontaminate::DecontaminateArgs),
-    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
-    Bleu(cmd::bleu::BleuArgs),
-    /// Read a directory of public dialogue datasets into one Parquet conversation table.
-    Load(cmd::load::Args),
-    /// Write a synthetic corpus of the seven sources in their published formats.
-    Synth(cmd::synth::Args),
-    /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
-    Curate(cmd::curate::CurateArgs),
-    /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
-    Decontaminate(cmd::decontaminate::DecontaminateArgs),
-    /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
-    Bleu(cmd::bleu::BleuArgs),
-    /// Format, tokenise (with loss masks) and pack conversations into training shards.
-    Tokenize(cmd::tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +59,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Synth(a) => cmd::synth::run(a),
+        Command::Load(a) => cmd::load::run(a),
+        Command::Curate(a) => cmd::curate::run(a),
+        Command::Decontaminate(a) => cmd::decontaminate::run(a),
+        Command::Bleu(a) => cmd::bleu::run(a),
+        Command::Tokenize(a) => cmd::tokenize::main(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
@@ -71,15 +73,5 @@ fn main() -> anyhow::Result<()> {
         Command::Jobs(a) => cmd::jobs::jobs(a),
         Command::Job(a) => cmd::jobs::job(a),
         Command::Cancel(a) => cmd::jobs::cancel(a),
-        Command::Bleu(args) => cmd::bleu::run(args),
-        Command::Decontaminate(args) => cmd::decontaminate::run(args),
-        Command::Load(a) => cmd::load::run(a),
-        Command::Synth(a) => cmd::synth::run(a),
-        Command::Load(a) => cmd::load::run(a),
-        Command::Synth(a) => cmd::synth::run(a),
-        Command::Curate(args) => cmd::curate::run(args),
-        Command::Bleu(args) => cmd::bleu::run(args),
-        Command::Decontaminate(args) => cmd::decontaminate::run(args),
-        Command::Tokenize(a) => cmd::tokenize::main(a),
     }
 }
