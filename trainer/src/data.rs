@@ -4,8 +4,9 @@
 //! row: `tokens` (`list<u32>`), `loss_mask` (`list<u8>`, 1 = the token is a training target) and
 //! `segment_ids` (`list<u32>`, the packed example each token belongs to), plus a
 //! `manifest.json` (see docs/shards.md). Integer columns of other widths are cast to the expected
-//! type. The shard files are taken from the manifest's `shards`/`files` list when it has one, else
-//! every `*.arrow` / `*.ipc` / `*.feather` file in name order.
+//! type. The shard files are taken from the manifest: `splits.train.files` (the layout `koala
+//! tokenize` writes), else a top-level `shards`/`files` list; without a manifest, every `*.arrow` /
+//! `*.ipc` / `*.feather` file of the directory in name order.
 //!
 //! The data order is a seeded permutation per epoch; [`Loader`]'s position (`epoch`, `cursor`) is
 //! all a checkpoint needs to resume it exactly.
@@ -69,10 +70,22 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::format(&manifest, e))?;
-        let list = v
-            .get("shards")
-            .or_else(|| v.get("files"))
-            .and_then(|l| l.as_array());
+        // `koala tokenize` writes `splits.<name>.files[].path`; training reads the train split.
+        let list = match v.get("splits") {
+            Some(splits) => Some(
+                splits
+                    .get("train")
+                    .and_then(|s| s.get("files"))
+                    .and_then(|l| l.as_array())
+                    .ok_or_else(|| {
+                        Error::format(&manifest, "splits: no `train` split with a `files` list")
+                    })?,
+            ),
+            None => v
+                .get("shards")
+                .or_else(|| v.get("files"))
+                .and_then(|l| l.as_array()),
+        };
         if let Some(list) = list {
             let mut out = Vec::new();
             for (i, item) in list.iter().enumerate() {
@@ -364,6 +377,33 @@ mod tests {
         assert_eq!(ds.rows[0], a[0]);
         assert_eq!(ds.rows[2], b[1]);
         assert_eq!(ds.n_tokens(), 6);
+    }
+
+    #[test]
+    fn reads_the_train_split_of_a_tokenize_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("train")).unwrap();
+        std::fs::create_dir_all(d.path().join("eval")).unwrap();
+        let train = vec![row(&[1, 2], &[0, 1], &[1, 1])];
+        let eval = vec![row(&[7, 8, 9], &[1, 1, 1], &[1, 1, 1])];
+        write_shard(&d.path().join("train/shard-00000.arrow"), &train).unwrap();
+        write_shard(&d.path().join("eval/shard-00000.arrow"), &eval).unwrap();
+        std::fs::write(
+            d.path().join("manifest.json"),
+            r#"{"splits": {"eval": {"files": [{"path": "eval/shard-00000.arrow", "rows": 1}]},
+                           "train": {"files": [{"path": "train/shard-00000.arrow", "rows": 1}]}}}"#,
+        )
+        .unwrap();
+        let ds = Dataset::open(d.path()).unwrap();
+        assert_eq!(ds.rows, train, "only the train split is read");
+
+        std::fs::write(
+            d.path().join("manifest.json"),
+            r#"{"splits": {"eval": {"files": []}}}"#,
+        )
+        .unwrap();
+        let err = Dataset::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("no `train` split"), "{err}");
     }
 
     #[test]
