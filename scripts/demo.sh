@@ -1,7 +1,60 @@
 #!/usr/bin/env bash
-# The main job on the bundled sample data: load the seven sample sources into one table.
+# The main job on the bundled sample data (examples/data), end to end on the CPU:
+#   curate (Koala-All preset) → tokenize (trains a byte-level BPE, packs shards)
+#   → train a tiny LLaMA from scratch (tiny-cpu preset) → generate from it.
+# Outputs go to out/demo (or the folder given as the first argument).
+# Set KOALA_DEMO_STEPS to change the number of training steps (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-out/demo}
+steps=${KOALA_DEMO_STEPS:-20}
 mkdir -p "$out"
-cargo run --release --quiet -- load --input examples/data --out "$out/conversations.parquet"
+
+# A debug build is enough for the sample (and shares its build with the tests); the hot GEMM
+# crates are optimised even in debug (see Cargo.toml).
+cargo build --quiet --bin koala
+koala="${CARGO_TARGET_DIR:-target}/debug/koala"
+
+echo "== curate: examples/data → $out/curate"
+"$koala" curate --config pipeline/presets/koala-all.toml --input examples/data --out "$out/curate"
+
+echo "== tokenize: Koala format, packed rows of 128 tokens"
+"$koala" tokenize --input "$out/curate" --out "$out/shards" --format koala --seq-len 128 --pack \
+  --vocab-size 1024
+
+vocab=$(sed -n 's/^ *"vocab_size": *\([0-9]*\).*/\1/p' "$out/shards/manifest.json" | head -n 1)
+cat > "$out/tiny-config.json" <<JSON
+{
+  "architectures": ["LlamaForCausalLM"],
+  "model_type": "llama",
+  "vocab_size": $vocab,
+  "hidden_size": 64,
+  "intermediate_size": 176,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 4,
+  "num_key_value_heads": 2,
+  "rope_theta": 10000.0,
+  "rms_norm_eps": 1e-5,
+  "max_position_embeddings": 128,
+  "tie_word_embeddings": false
+}
+JSON
+cat > "$out/train.toml" <<TOML
+model = "$out/tiny-config.json"
+shards = "$out/shards"
+out_dir = "$out/run"
+preset = "tiny-cpu"
+seed = 0
+checkpoint_every = 10
+max_steps = $steps
+TOML
+
+echo "== train: tiny LLaMA (vocab $vocab) from scratch, $steps steps"
+"$koala" train --config "$out/train.toml"
+
+echo "== generate"
+"$koala" generate --model "$out/run/final" --tokenizer "$out/shards/tokenizer.json" \
+  --prompt "BEGINNING OF CONVERSATION: USER: Give me three tips for staying healthy. GPT:" \
+  --stop "</s>" --max-new-tokens 40 --seed 0
+
+echo "== done: see $out/curate/report.md, $out/shards/report.json, $out/run/report.json"
