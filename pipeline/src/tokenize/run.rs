@@ -350,7 +350,32 @@ pub fn read_conversations(input: &Path) -> Result<(PathBuf, Vec<Conversation>)> 
         },
         e => e,
     })?;
+    let convs = apply_mix_split(&df, convs).map_err(|m| Error::Record {
+        file: path.display().to_string(),
+        line: 0,
+        field: crate::stages::mixture::MIX_SPLIT.into(),
+        message: m,
+    })?;
     Ok((path, convs))
+}
+
+/// A curated table (`koala curate`'s `kept.parquet`) carries the mixture's train/eval decision in
+/// `mix_split`; that decision, not the dataset's own `split`, says which shard split a row goes to.
+fn apply_mix_split(
+    df: &polars::prelude::DataFrame,
+    mut convs: Vec<Conversation>,
+) -> std::result::Result<Vec<Conversation>, String> {
+    let Ok(column) = df.column(crate::stages::mixture::MIX_SPLIT) else {
+        return Ok(convs);
+    };
+    let splits = column.str().map_err(|e| e.to_string())?;
+    for (i, conv) in convs.iter_mut().enumerate() {
+        conv.split = splits
+            .get(i)
+            .ok_or_else(|| format!("row {}: null", i + 1))?
+            .to_string();
+    }
+    Ok(convs)
 }
 
 /// Loads the configured tokenizer, or trains a byte-level BPE on the rendered text.
@@ -483,4 +508,44 @@ pub fn run(
     std::fs::write(&rp, serde_json::to_string_pretty(&report)? + "\n")
         .map_err(|e| Error::io(&rp, e))?;
     Ok((manifest, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Turn, to_dataframe};
+    use polars::prelude::*;
+
+    fn conv(id: &str, split: &str) -> Conversation {
+        Conversation {
+            id: id.into(),
+            source: "alpaca".into(),
+            split: split.into(),
+            turns: vec![Turn::user("q"), Turn::assistant("a")],
+            src_file: "f".into(),
+            src_record: 1,
+            meta: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn the_mixture_split_decides_the_shard_split() {
+        let convs = vec![conv("a", "unsplit"), conv("b", "unsplit")];
+        let mut df = to_dataframe(&convs).unwrap();
+        let plain = apply_mix_split(&df, convs.clone()).unwrap();
+        assert_eq!(
+            plain[0].split, "unsplit",
+            "no mix_split column: the table's split stays"
+        );
+        df.with_column(Column::new(
+            crate::stages::mixture::MIX_SPLIT.into(),
+            ["train", "eval"],
+        ))
+        .unwrap();
+        let mixed = apply_mix_split(&df, convs).unwrap();
+        assert_eq!(
+            mixed.iter().map(|c| c.split.as_str()).collect::<Vec<_>>(),
+            ["train", "eval"]
+        );
+    }
 }
