@@ -1,7 +1,12 @@
-//! Tokenize-stage throughput and packing efficiency on a Koala-scale synthetic corpus.
+//! Tokenize-stage throughput and packing efficiency on the Koala-scale curated output.
 //!
-//! `cargo bench --bench tokenize` (env: `KOALA_BENCH_CONVS`, default 100000 conversations;
-//! `KOALA_BENCH_SEQ_LEN`, default 2048). Prints one JSON object.
+//! ```sh
+//! cargo bench --bench curate      # writes the curated koala-all table to $TMP/koala-bench-curate-out
+//! cargo bench --bench tokenize    # reads it (or KOALA_BENCH_CURATED=DIR|kept.parquet)
+//! ```
+//! Without a curated table it falls back to a generated corpus (`KOALA_BENCH_CONVS`, default
+//! 100000 conversations) and says so. `KOALA_BENCH_SEQ_LEN` (default 2048) is the packing length.
+//! Prints one JSON object.
 //!
 //! - baseline: HF `tokenizers`' own parallel `encode_batch_fast` over each conversation rendered
 //!   as one string (what a pipeline without loss masks would do);
@@ -180,8 +185,23 @@ fn main() {
     let seq_len = env("KOALA_BENCH_SEQ_LEN", 2048);
     let threads = rayon::current_num_threads();
 
+    let curated = std::env::var_os("KOALA_BENCH_CURATED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("koala-bench-curate-out"));
     let t = Instant::now();
-    let convs = corpus(n);
+    let (input, convs) = if curated.exists() {
+        let (path, convs) =
+            koala_pipeline::tokenize::run::read_conversations(&curated).expect("curated table");
+        (path.display().to_string(), convs)
+    } else {
+        eprintln!(
+            "no curated table at {} (run `cargo bench --bench curate` first, or set \
+             KOALA_BENCH_CURATED): using a generated corpus of {n} conversations",
+            curated.display()
+        );
+        (format!("generated ({n} conversations)"), corpus(n))
+    };
+    let n = convs.len();
     let gen_s = t.elapsed().as_secs_f64();
 
     let format = Format::Koala(KoalaFormat::default());
@@ -273,11 +293,12 @@ fn main() {
     let pad_eff = pad_rows.real_tokens() as f64 / pad_rows.tokens.len() as f64;
 
     let result = serde_json::json!({
+        "input": input,
         "conversations": n,
         "examples": exs.len(),
         "threads": threads,
         "seq_len": seq_len,
-        "generate_s": gen_s,
+        "read_or_generate_s": gen_s,
         "render_s": render_s,
         "train_tokenizer_s": train_s,
         "vocab_size": tok.vocab_size,

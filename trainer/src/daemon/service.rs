@@ -1,6 +1,7 @@
 //! The `TrainerService` implementation: thin async handlers over the store and the scheduler.
-//! Store access runs on the blocking pool, bounded by a semaphore, so that RPCs stay responsive
-//! and a burst of reads cannot starve the runtime.
+//! `GetJob` and `ListJobs` read the store's in-memory job table directly; event and metric reads
+//! and all writes run on the blocking pool (reads bounded by a semaphore), so that RPCs stay
+//! responsive and a burst of reads cannot starve the runtime.
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -135,14 +136,13 @@ impl TrainerService for TrainerApi {
 
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         let id = req.into_inner().id;
+        // Jobs are served from the store's in-memory copy: no SQLite, no blocking pool.
         let job = self
-            .blocking(move |c| {
-                c.store
-                    .get(id)
-                    .map_err(internal)?
-                    .ok_or_else(|| not_found(id))
-            })
-            .await?;
+            .core
+            .store
+            .get(id)
+            .map_err(internal)?
+            .ok_or_else(|| not_found(id))?;
         Ok(Response::new(job))
     }
 
@@ -179,12 +179,10 @@ impl TrainerService for TrainerApi {
             })?)
         };
         let (jobs, next) = self
-            .blocking(move |c| {
-                c.store
-                    .list(&states, page as usize, before)
-                    .map_err(internal)
-            })
-            .await?;
+            .core
+            .store
+            .list(&states, page as usize, before)
+            .map_err(internal)?;
         Ok(Response::new(ListJobsResponse {
             jobs,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),

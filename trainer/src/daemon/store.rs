@@ -1,8 +1,12 @@
 //! The durable job store: SQLite (bundled) in WAL mode with `synchronous=FULL`, so that a job and
 //! each of its events are on disk before the call that created them returns.
 //!
-//! One writer connection (behind a mutex) does every write in a transaction; reads use a small pool
-//! of read-only connections, which WAL lets run beside the writer.
+//! One writer connection (behind a mutex) does every write in a transaction. Job rows are also
+//! kept in memory, write-through: a write commits to SQLite first and then, still holding the
+//! writer lock, refreshes the job it touched from the database, so [`Store::get`] and
+//! [`Store::list`] (the hot read path of `GetJob`/`ListJobs`) are a map lookup that never waits
+//! on SQLite or on the writer, and never see a state that is not on disk. Events and metrics are
+//! read from a small pool of read-only connections, which WAL lets run beside the writer.
 //!
 //! ```
 //! use koala_trainer::daemon::store::{Store, SubmitOutcome};
@@ -16,8 +20,9 @@
 //! let SubmitOutcome::Existing(again) = store.submit(&spec, "", 10).unwrap() else { panic!() };
 //! assert_eq!(again.id, job.id);
 //! ```
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use koala_proto::v1::{
@@ -120,6 +125,8 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Every job, as last committed (write-through; see the module docs).
+    jobs: RwLock<BTreeMap<u64, Job>>,
 }
 
 impl Store {
@@ -135,14 +142,29 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;")?;
         conn.execute_batch(SCHEMA)?;
+        let mut jobs = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs"))?;
+            for job in stmt.query_map([], job_from_row)? {
+                let job = job??;
+                jobs.insert(job.id, job);
+            }
+        }
         Ok(Store {
             path: path.to_path_buf(),
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            jobs: RwLock::new(jobs),
         })
     }
 
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    /// Runs `f` in an immediate transaction, commits, then refreshes the in-memory copy of the
+    /// job `touched` names (still under the writer lock, so the copies change in commit order).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+        touched: impl FnOnce(&T) -> Option<u64>,
+    ) -> Result<T> {
         let mut conn = self
             .writer
             .lock()
@@ -150,7 +172,20 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        if let Some(id) = touched(&out) {
+            let job = get_job(&conn, id)?;
+            // A poisoned lock only means a reader panicked; the map itself is consistent.
+            let mut jobs = self.jobs.write().unwrap_or_else(|e| e.into_inner());
+            match job {
+                Some(j) => jobs.insert(id, j),
+                None => jobs.remove(&id),
+            };
+        }
         Ok(out)
+    }
+
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Job>> {
+        self.jobs.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -195,76 +230,82 @@ impl Store {
     /// Stores a new QUEUED job, unless its idempotency key is known, the queue is full, or a
     /// live job writes to the same (resolved) `out_dir`.
     pub fn submit(&self, spec: &JobSpec, out_dir: &str, max_queued: u64) -> Result<SubmitOutcome> {
-        self.write(|tx| {
-            if !spec.idempotency_key.is_empty() {
-                let existing = tx
-                    .query_row(
-                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
-                        [&spec.idempotency_key],
-                        job_from_row,
-                    )
-                    .optional()?;
-                if let Some(job) = existing {
-                    let job = job?;
-                    return Ok(if job.spec.as_ref() == Some(spec) {
-                        SubmitOutcome::Existing(job)
-                    } else {
-                        SubmitOutcome::KeyConflict(job)
-                    });
+        self.write(
+            |tx| {
+                if !spec.idempotency_key.is_empty() {
+                    let existing = tx
+                        .query_row(
+                            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
+                            [&spec.idempotency_key],
+                            job_from_row,
+                        )
+                        .optional()?;
+                    if let Some(job) = existing {
+                        let job = job?;
+                        return Ok(if job.spec.as_ref() == Some(spec) {
+                            SubmitOutcome::Existing(job)
+                        } else {
+                            SubmitOutcome::KeyConflict(job)
+                        });
+                    }
                 }
-            }
-            let queued: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE state = ?1",
-                [JobState::Queued as i32],
-                |r| r.get(0),
-            )?;
-            if queued as u64 >= max_queued {
-                return Ok(SubmitOutcome::QueueFull(queued as u64));
-            }
-            if !out_dir.is_empty() {
-                let busy: Option<i64> = tx
-                    .query_row(
-                        "SELECT id FROM jobs WHERE out_dir = ?1 AND state IN (?2, ?3) LIMIT 1",
-                        params![out_dir, JobState::Queued as i32, JobState::Running as i32],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(other) = busy {
-                    return Ok(SubmitOutcome::OutDirBusy(other as u64));
+                let queued: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ?1",
+                    [JobState::Queued as i32],
+                    |r| r.get(0),
+                )?;
+                if queued as u64 >= max_queued {
+                    return Ok(SubmitOutcome::QueueFull(queued as u64));
                 }
-            }
-            let key = (!spec.idempotency_key.is_empty()).then_some(&spec.idempotency_key);
-            tx.execute(
-                "INSERT INTO jobs (idempotency_key, spec, state, created_ms, out_dir) \
+                if !out_dir.is_empty() {
+                    let busy: Option<i64> = tx
+                        .query_row(
+                            "SELECT id FROM jobs WHERE out_dir = ?1 AND state IN (?2, ?3) LIMIT 1",
+                            params![out_dir, JobState::Queued as i32, JobState::Running as i32],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(other) = busy {
+                        return Ok(SubmitOutcome::OutDirBusy(other as u64));
+                    }
+                }
+                let key = (!spec.idempotency_key.is_empty()).then_some(&spec.idempotency_key);
+                tx.execute(
+                    "INSERT INTO jobs (idempotency_key, spec, state, created_ms, out_dir) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    key,
-                    spec.encode_to_vec(),
-                    JobState::Queued as i32,
-                    now_ms(),
-                    out_dir
-                ],
-            )?;
-            let id = tx.last_insert_rowid() as u64;
-            let ev = append_event(
-                tx,
-                id,
-                Kind::StateChanged(StateChanged {
-                    state: JobState::Queued as i32,
-                    message: "submitted".into(),
-                    resumed_from_step: None,
-                }),
-            )?;
-            Ok(SubmitOutcome::Created(
-                get_job(tx, id)?.ok_or_else(missing(id))?,
-                ev,
-            ))
-        })
+                    params![
+                        key,
+                        spec.encode_to_vec(),
+                        JobState::Queued as i32,
+                        now_ms(),
+                        out_dir
+                    ],
+                )?;
+                let id = tx.last_insert_rowid() as u64;
+                let ev = append_event(
+                    tx,
+                    id,
+                    Kind::StateChanged(StateChanged {
+                        state: JobState::Queued as i32,
+                        message: "submitted".into(),
+                        resumed_from_step: None,
+                    }),
+                )?;
+                Ok(SubmitOutcome::Created(
+                    get_job(tx, id)?.ok_or_else(missing(id))?,
+                    ev,
+                ))
+            },
+            |o| match o {
+                SubmitOutcome::Created(job, _) => Some(job.id),
+                _ => None,
+            },
+        )
     }
 
-    /// One job.
+    /// One job (from memory; see the module docs).
     pub fn get(&self, id: u64) -> Result<Option<Job>> {
-        self.read(|c| get_job(c, id))
+        Ok(self.cached().get(&id).cloned())
     }
 
     /// Jobs newest first, optionally only in `states`, at most `limit`, with ids below `before`.
@@ -275,33 +316,22 @@ impl Store {
         limit: usize,
         before: Option<u64>,
     ) -> Result<(Vec<Job>, Option<u64>)> {
-        self.read(|c| {
-            let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
-            let filter = if states.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<String> = states.iter().map(|s| (*s as i32).to_string()).collect();
-                format!("AND state IN ({})", list.join(","))
-            };
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE id < ?1 {filter} ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let fetch = i64::try_from(limit)
-                .unwrap_or(i64::MAX - 1)
-                .saturating_add(1);
-            let rows = stmt.query_map(params![before, fetch], job_from_row)?;
-            let mut jobs = Vec::with_capacity(limit.min(1024) + 1);
-            for r in rows {
-                jobs.push(r??);
+        let jobs = self.cached();
+        let mut page = Vec::with_capacity(limit.min(1024));
+        let mut next = None;
+        for job in jobs
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .map(|(_, j)| j)
+            .filter(|j| states.is_empty() || states.contains(&j.state()))
+        {
+            if page.len() == limit {
+                next = page.last().map(|j: &Job| j.id);
+                break;
             }
-            let next = if jobs.len() > limit {
-                jobs.truncate(limit);
-                jobs.last().map(|j| j.id)
-            } else {
-                None
-            };
-            Ok((jobs, next))
-        })
+            page.push(job.clone());
+        }
+        Ok((page, next))
     }
 
     /// Jobs in the given states, oldest first (the scheduler's FIFO order).
@@ -315,34 +345,37 @@ impl Store {
     /// crashed daemon restarts (attempt n+1). Returns `None` when the job is in neither state (for
     /// instance, cancelled in the meantime).
     pub fn start(&self, id: u64) -> Result<Option<(Job, JobEvent)>> {
-        self.write(|tx| {
-            let Some(job) = get_job(tx, id)? else {
-                return Ok(None);
-            };
-            let message = match job.state() {
-                JobState::Queued => "scheduled".to_string(),
-                JobState::Running => format!(
-                    "restarted after the daemon stopped during attempt {}",
-                    job.attempts
-                ),
-                _ => return Ok(None),
-            };
-            tx.execute(
-                "UPDATE jobs SET state = ?2, attempts = attempts + 1, \
+        self.write(
+            |tx| {
+                let Some(job) = get_job(tx, id)? else {
+                    return Ok(None);
+                };
+                let message = match job.state() {
+                    JobState::Queued => "scheduled".to_string(),
+                    JobState::Running => format!(
+                        "restarted after the daemon stopped during attempt {}",
+                        job.attempts
+                    ),
+                    _ => return Ok(None),
+                };
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, attempts = attempts + 1, \
                  started_ms = CASE WHEN started_ms = 0 THEN ?3 ELSE started_ms END WHERE id = ?1",
-                params![id as i64, JobState::Running as i32, now_ms()],
-            )?;
-            let ev = append_event(
-                tx,
-                id,
-                Kind::StateChanged(StateChanged {
-                    state: JobState::Running as i32,
-                    message,
-                    resumed_from_step: None,
-                }),
-            )?;
-            Ok(Some((get_job(tx, id)?.ok_or_else(missing(id))?, ev)))
-        })
+                    params![id as i64, JobState::Running as i32, now_ms()],
+                )?;
+                let ev = append_event(
+                    tx,
+                    id,
+                    Kind::StateChanged(StateChanged {
+                        state: JobState::Running as i32,
+                        message,
+                        resumed_from_step: None,
+                    }),
+                )?;
+                Ok(Some((get_job(tx, id)?.ok_or_else(missing(id))?, ev)))
+            },
+            |_| Some(id),
+        )
     }
 
     /// The trainer began (or resumed) its loop.
@@ -352,41 +385,45 @@ impl Store {
         total_steps: u64,
         resumed_from: Option<u64>,
     ) -> Result<JobEvent> {
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE jobs SET total_steps = ?2 WHERE id = ?1",
-                params![id as i64, total_steps as i64],
-            )?;
-            let message = match resumed_from {
-                Some(s) => format!("training resumed from the checkpoint of step {s}"),
-                None => "training started".to_string(),
-            };
-            append_event(
-                tx,
-                id,
-                Kind::StateChanged(StateChanged {
-                    state: JobState::Running as i32,
-                    message,
-                    resumed_from_step: resumed_from,
-                }),
-            )
-        })
+        self.write(
+            |tx| {
+                tx.execute(
+                    "UPDATE jobs SET total_steps = ?2 WHERE id = ?1",
+                    params![id as i64, total_steps as i64],
+                )?;
+                let message = match resumed_from {
+                    Some(s) => format!("training resumed from the checkpoint of step {s}"),
+                    None => "training started".to_string(),
+                };
+                append_event(
+                    tx,
+                    id,
+                    Kind::StateChanged(StateChanged {
+                        state: JobState::Running as i32,
+                        message,
+                        resumed_from_step: resumed_from,
+                    }),
+                )
+            },
+            |_| Some(id),
+        )
     }
 
     /// One optimizer step finished.
     pub fn record_progress(&self, id: u64, p: &StepProgress) -> Result<JobEvent> {
-        self.write(|tx| {
-            let now = now_ms();
-            tx.execute(
-                "UPDATE jobs SET step = ?2, total_steps = ?3, last_loss = ?4 WHERE id = ?1",
-                params![
-                    id as i64,
-                    p.step as i64,
-                    p.total_steps as i64,
-                    p.loss as f64
-                ],
-            )?;
-            tx.execute(
+        self.write(
+            |tx| {
+                let now = now_ms();
+                tx.execute(
+                    "UPDATE jobs SET step = ?2, total_steps = ?3, last_loss = ?4 WHERE id = ?1",
+                    params![
+                        id as i64,
+                        p.step as i64,
+                        p.total_steps as i64,
+                        p.loss as f64
+                    ],
+                )?;
+                tx.execute(
                 "INSERT OR REPLACE INTO metrics (job_id, step, loss, lr, tokens_per_s, time_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -398,26 +435,31 @@ impl Store {
                     now
                 ],
             )?;
-            append_event(tx, id, Kind::Progress(*p))
-        })
+                append_event(tx, id, Kind::Progress(*p))
+            },
+            |_| Some(id),
+        )
     }
 
     /// A checkpoint was written.
     pub fn record_checkpoint(&self, id: u64, step: u64, path: &str) -> Result<JobEvent> {
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE jobs SET last_checkpoint = ?2 WHERE id = ?1",
-                params![id as i64, path],
-            )?;
-            append_event(
-                tx,
-                id,
-                Kind::Checkpoint(CheckpointWritten {
-                    step,
-                    path: path.to_string(),
-                }),
-            )
-        })
+        self.write(
+            |tx| {
+                tx.execute(
+                    "UPDATE jobs SET last_checkpoint = ?2 WHERE id = ?1",
+                    params![id as i64, path],
+                )?;
+                append_event(
+                    tx,
+                    id,
+                    Kind::Checkpoint(CheckpointWritten {
+                        step,
+                        path: path.to_string(),
+                    }),
+                )
+            },
+            |_| Some(id),
+        )
     }
 
     /// Puts a job in a terminal state. A FAILED job also gets an error event first.
@@ -429,41 +471,44 @@ impl Store {
         final_step: Option<(u64, f32)>,
     ) -> Result<Vec<JobEvent>> {
         debug_assert!(is_terminal(state));
-        self.write(|tx| {
-            let mut events = Vec::new();
-            let error = if state == JobState::Failed {
+        self.write(
+            |tx| {
+                let mut events = Vec::new();
+                let error = if state == JobState::Failed {
+                    events.push(append_event(
+                        tx,
+                        id,
+                        Kind::Error(JobError {
+                            message: message.to_string(),
+                        }),
+                    )?);
+                    message
+                } else {
+                    ""
+                };
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, finished_ms = ?3, error = ?4 WHERE id = ?1",
+                    params![id as i64, state as i32, now_ms(), error],
+                )?;
+                if let Some((step, loss)) = final_step {
+                    tx.execute(
+                        "UPDATE jobs SET step = ?2, last_loss = ?3 WHERE id = ?1",
+                        params![id as i64, step as i64, loss as f64],
+                    )?;
+                }
                 events.push(append_event(
                     tx,
                     id,
-                    Kind::Error(JobError {
+                    Kind::StateChanged(StateChanged {
+                        state: state as i32,
                         message: message.to_string(),
+                        resumed_from_step: None,
                     }),
                 )?);
-                message
-            } else {
-                ""
-            };
-            tx.execute(
-                "UPDATE jobs SET state = ?2, finished_ms = ?3, error = ?4 WHERE id = ?1",
-                params![id as i64, state as i32, now_ms(), error],
-            )?;
-            if let Some((step, loss)) = final_step {
-                tx.execute(
-                    "UPDATE jobs SET step = ?2, last_loss = ?3 WHERE id = ?1",
-                    params![id as i64, step as i64, loss as f64],
-                )?;
-            }
-            events.push(append_event(
-                tx,
-                id,
-                Kind::StateChanged(StateChanged {
-                    state: state as i32,
-                    message: message.to_string(),
-                    resumed_from_step: None,
-                }),
-            )?);
-            Ok(events)
-        })
+                Ok(events)
+            },
+            |_| Some(id),
+        )
     }
 
     /// Cancels a queued job, or records a cancel request for a running one.
@@ -503,7 +548,9 @@ impl Store {
                 }
                 _ => Ok(CancelOutcome::AlreadyFinal(job)),
             }
-        })
+        },
+            |_| Some(id),
+        )
     }
 
     /// Stored events of a job with `seq > after_seq`, in order.
