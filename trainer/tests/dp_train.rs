@@ -411,3 +411,58 @@ fn daemon_job_on_a_missing_gpu_fails_with_the_reason() {
     assert!(e.contains("cuda:0"), "{e}");
     assert!(sink.0.is_empty(), "events before the device was opened");
 }
+
+/// The demo's shards (`scripts/demo.sh`: 128-token packed rows, the demo's 2-layer model), when
+/// `KOALA_DP_DEMO_SHARDS` names them: 2 workers (plain and ZeRO-1) against one worker.
+#[test]
+fn demo_shards_two_workers_equal_one_worker() {
+    let Some(shards) = std::env::var_os("KOALA_DP_DEMO_SHARDS") else {
+        eprintln!(
+            "skipped: set KOALA_DP_DEMO_SHARDS to a `koala tokenize` output (out/demo/shards)"
+        );
+        return;
+    };
+    let shards = std::path::PathBuf::from(shards);
+    let manifest = std::fs::read_to_string(shards.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let vocab = m["vocab_size"].as_u64().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("config.json");
+    std::fs::write(
+        &model,
+        format!(
+            r#"{{"vocab_size": {vocab}, "hidden_size": 64, "intermediate_size": 176,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-5, "max_position_embeddings": 128}}"#
+        ),
+    )
+    .unwrap();
+    let cfg = |out: &str, workers: usize, zero1: bool| -> TrainConfig {
+        toml::from_str(&format!(
+            r#"
+            model = {model:?}
+            shards = {shards:?}
+            out_dir = {out:?}
+            preset = "tiny-cpu"
+            max_steps = 6
+            checkpoint_every = 0
+            workers = {workers}
+            zero1 = {zero1}
+            "#,
+            out = d.path().join(out)
+        ))
+        .unwrap()
+    };
+    let one = cfg("one", 1, false);
+    let l1 = train(&one);
+    let w1 = load_dir(&one.out_dir.join("final")).unwrap();
+    for zero1 in [false, true] {
+        let two = cfg(&format!("two-{zero1}"), 2, zero1);
+        let what = format!("demo shards, 2 workers, zero1={zero1}");
+        let l2 = train(&two);
+        eprintln!("{what}: losses {l2:?} vs {l1:?}");
+        assert_losses_close(&what, &l2, &l1);
+        let w2 = load_dir(&two.out_dir.join("final")).unwrap();
+        assert_tensors_close(&what, &w2, &w1, 2e-5);
+    }
+}
