@@ -173,7 +173,15 @@ pub fn plan(device: &str, workers: usize) -> Result<Plan> {
         }),
         DeviceRequest::Cuda(o) => Ok(Plan::Cuda(o)),
         DeviceRequest::Auto => match koala_kernels::select::select("auto") {
-            Ok(sel) if sel.fallback().is_none() && sel.name() != "cpu" => Ok(Plan::Cuda(vec![0])),
+            Ok(sel) if sel.fallback().is_none() && sel.name() != "cpu" => {
+                if workers > 1 {
+                    tracing::warn!(
+                        workers,
+                        "device auto picked cuda:0: one worker (workers counts CPU workers)"
+                    );
+                }
+                Ok(Plan::Cuda(vec![0]))
+            }
             Ok(sel) => {
                 tracing::warn!(
                     reason = sel.fallback().unwrap_or("no GPU"),
@@ -454,5 +462,114 @@ impl<B: Backend> DpAdamW<B> {
         }
         self.adam.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::weights::init_weights;
+    use koala_kernels::CpuBackend;
+    use koala_kernels::comm::ThreadComm;
+
+    #[test]
+    fn device_strings() {
+        for (s, want) in [
+            ("", DeviceRequest::Cpu),
+            (" CPU ", DeviceRequest::Cpu),
+            ("auto", DeviceRequest::Auto),
+            ("cuda", DeviceRequest::Cuda(vec![0])),
+            ("cuda:3", DeviceRequest::Cuda(vec![3])),
+            ("cuda:2,0", DeviceRequest::Cuda(vec![2, 0])),
+            ("cuda:0, cuda:1", DeviceRequest::Cuda(vec![0, 1])),
+            ("cuda:1..4", DeviceRequest::Cuda(vec![1, 2, 3])),
+        ] {
+            assert_eq!(DeviceRequest::parse(s).unwrap(), want, "{s:?}");
+        }
+        for bad in [
+            "gpu0",
+            "cuda:",
+            "cuda:x",
+            "cuda:3..1",
+            "cuda:1,1",
+            "cuda:0..",
+            "cuda:99999",
+            "tpu",
+        ] {
+            assert!(DeviceRequest::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_devices("cuda:0,1", 3).unwrap_err().field, "workers");
+        assert_eq!(check_devices("cpu", 1000).unwrap_err().field, "workers");
+        assert_eq!(check_devices("npu", 0).unwrap_err().field, "device");
+        assert!(check_devices("cuda:0,1", 2).is_ok());
+        assert_eq!(plan("cpu", 0).unwrap(), Plan::Cpu { workers: 1 });
+        assert_eq!(plan("cpu", 3).unwrap().world(), 3);
+        assert_eq!(plan("cuda:0..4", 0).unwrap(), Plan::Cuda(vec![0, 1, 2, 3]));
+    }
+
+    /// ZeRO-1 keeps `ceil(n / world)` of each moment per rank, and the moments gathered for a
+    /// checkpoint (any world) come back unchanged when re-sharded over another world size.
+    #[test]
+    fn zero1_shards_and_checkpoint_moments_round_trip() {
+        let cfg = LlamaConfig::from_json_str(
+            r#"{"vocab_size": 13, "hidden_size": 8, "intermediate_size": 12,
+                "num_hidden_layers": 1, "num_attention_heads": 2}"#,
+        )
+        .unwrap();
+        let hyper = Hyper::default();
+        let host = init_weights(&cfg, 1, 0.1);
+        // Moments with distinct values, in the checkpoint format.
+        let cpu = CpuBackend::new();
+        let model = Llama::from_tensors(&cpu, cfg.clone(), &host).unwrap();
+        let mut moments = Tensors::new();
+        for s in &model.specs {
+            for (k, prefix) in ["m", "v"].iter().enumerate() {
+                let data = (0..s.numel())
+                    .map(|i| (i * 2 + k) as f32 * 0.25 + s.numel() as f32)
+                    .collect();
+                moments.insert(
+                    format!("{prefix}.{}", s.name),
+                    HostTensor {
+                        shape: s.shape.clone(),
+                        data,
+                    },
+                );
+            }
+        }
+        let full: usize = model.specs.iter().map(|s| 2 * s.numel()).sum();
+        for world in [2usize, 3] {
+            let comms = ThreadComm::group(world);
+            let outs: Vec<(usize, Option<Tensors>)> = std::thread::scope(|sc| {
+                let hs: Vec<_> = comms
+                    .into_iter()
+                    .map(|c| {
+                        let (cfg, host, moments, hyper) = (&cfg, &host, &moments, &hyper);
+                        sc.spawn(move || {
+                            let be = CpuBackend::with_threads(1).unwrap();
+                            let model = Llama::from_tensors(&be, cfg.clone(), host).unwrap();
+                            let mut opt = DpAdamW::new(&be, &c, &model, hyper, true).unwrap();
+                            assert!(opt.is_zero1());
+                            opt.load_tensors(&be, &c, &model, moments, 7).unwrap();
+                            assert_eq!(opt.step(), 7);
+                            let held = opt.state_elements(&be);
+                            (held, opt.to_tensors(&be, &c, &model).unwrap())
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let want: usize = model
+                .specs
+                .iter()
+                .map(|s| 2 * shard_len(s.numel(), world))
+                .sum();
+            for (rank, (held, t)) in outs.iter().enumerate() {
+                assert_eq!(*held, want, "world {world} rank {rank}");
+                assert!(*held * world < full + 2 * world * model.specs.len());
+                assert_eq!(t.is_some(), rank == 0, "only rank 0 gets the tensors");
+            }
+            assert_eq!(outs[0].1.as_ref().unwrap(), &moments, "world {world}");
+        }
     }
 }
