@@ -395,7 +395,7 @@ impl RunSink for Sink {
 }
 
 #[test]
-fn daemon_job_on_a_missing_gpu_fails_with_the_reason() {
+fn train_runner_on_a_missing_gpu_fails_with_the_reason() {
     if gpu() {
         return;
     }
@@ -410,6 +410,31 @@ fn daemon_job_on_a_missing_gpu_fails_with_the_reason() {
     let e = TrainRunner.run(&req, &mut sink).unwrap_err();
     assert!(e.contains("cuda:0"), "{e}");
     assert!(sink.0.is_empty(), "events before the device was opened");
+}
+
+/// Through the daemon with the real runner: a `cuda:0` job on a machine without a GPU is
+/// accepted (availability is a run-time matter) and ends FAILED with the device's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_marks_a_job_on_a_missing_gpu_failed_with_the_reason() {
+    if gpu() {
+        return;
+    }
+    let f = daemon_common::Fixture::new();
+    let d = daemon_common::TestDaemon::start(f.config(), std::sync::Arc::new(TrainRunner)).await;
+    let mut c = d.client(Some(daemon_common::TOKEN)).await;
+    let job = c
+        .submit_job(spec(&f, "cuda:0", 0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    let job =
+        daemon_common::wait_state(&mut c, job.id, koala_proto::v1::JobState::Failed, 30).await;
+    assert!(
+        job.error.contains("cuda:0") && job.error.contains("unavailable"),
+        "{}",
+        job.error
+    );
+    d.stop().await;
 }
 
 /// The demo's shards (`scripts/demo.sh`: 128-token packed rows, the demo's 2-layer model), when
