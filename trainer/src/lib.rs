@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod dp;
 pub mod error;
 pub mod generate;
 pub mod hparams;

@@ -3,16 +3,17 @@
 //! [`run`] trains (or resumes from the newest checkpoint in `out_dir`) and reports progress to an
 //! [`Observer`], which can also cancel the run at the next step boundary.
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
-
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use koala_kernels::Backend;
+use koala_kernels::comm::{Communicator, ReduceOp, shard_range};
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::LlamaConfig;
 use crate::data::{Batch, Dataset, Loader, LoaderPosition, Row};
+use crate::dp::{self, DpAdamW, Plan, Solo};
 use crate::hparams::{Hyper, LossMode};
 use crate::model::{Inputs, Llama};
 use crate::optim::AdamW;
@@ -60,9 +61,19 @@ pub struct TrainConfig {
     /// Keep only the newest this many checkpoints (0 keeps all).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
-    /// `cpu` (the only backend in this build).
+    /// `cpu` (default), `auto`, `cuda` / `cuda:N` (one GPU), or several GPUs for data
+    /// parallelism: `cuda:0,1`, `cuda:0,cuda:1`, `cuda:A..B` (half-open). See [`crate::dp`].
     #[serde(default = "default_device")]
     pub device: String,
+    /// CPU data-parallel workers (threads, each on its share of the cores) when `device` is
+    /// `cpu` (or `auto` falls back to it); 0 or 1 is one worker. With GPUs there is one worker
+    /// per device, and this must be 0 or the number of devices.
+    #[serde(default)]
+    pub workers: usize,
+    /// ZeRO-1: shard the AdamW moments across the workers (no effect with one worker).
+    /// Checkpoints keep the single-worker format either way.
+    #[serde(default)]
+    pub zero1: bool,
     /// Stop after this many optimizer steps (the schedule still spans the full run).
     #[serde(default)]
     pub max_steps: Option<u64>,
@@ -138,12 +149,150 @@ pub enum RunOutcome {
 
 /// Runs (or resumes from the newest checkpoint in cfg.out_dir) and returns at completion or at
 /// the first step boundary after `obs.cancelled()` is true.
+///
+/// `cfg.device`, `cfg.workers` and `cfg.zero1` pick the backend and the data-parallel group
+/// (see [`crate::dp`]): one CPU worker (the default), `workers` CPU threads over `ThreadComm`,
+/// one GPU, or one thread per GPU over NCCL. A `cuda` device that cannot be opened is an error
+/// naming what is missing; `auto` falls back to the CPU, logging why.
 pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<RunOutcome> {
-    match cfg.device.as_str() {
-        "cpu" => run_with(&koala_kernels::cpu::CpuBackend::new(), cfg, obs),
-        other => Err(Error::Config(format!(
-            "device {other:?} is not available in this build (use \"cpu\")"
+    let plan = dp::plan(&cfg.device, cfg.workers)?;
+    if cfg.zero1 && plan.world() == 1 {
+        tracing::info!("zero1 has no effect with a single worker");
+    }
+    match plan {
+        Plan::Cpu { workers: 1 } => run_with(&koala_kernels::cpu::CpuBackend::new(), cfg, obs),
+        Plan::Cpu { workers } => run_cpu_group(workers, cfg, obs),
+        Plan::Cuda(ordinals) => match ordinals.as_slice() {
+            [one] => run_with(&open_cuda(*one)?, cfg, obs),
+            many => run_cuda_group(many, cfg, obs),
+        },
+    }
+}
+
+/// Opens one GPU (bf16 mixed precision) or says why it cannot.
+fn open_cuda(ordinal: usize) -> Result<koala_kernels::cuda::CudaBackend> {
+    match koala_kernels::select::open_cuda(ordinal)? {
+        koala_kernels::select::Selected::Cuda(be) => Ok(be),
+        koala_kernels::select::Selected::Cpu { .. } => Err(Error::Config(format!(
+            "device cuda:{ordinal}: selection returned the CPU"
         ))),
+    }
+}
+
+/// `workers` CPU workers: threads with a `ThreadComm` each and a CPU backend on their share of
+/// the cores; rank 0 runs on the calling thread and is the one that talks to `obs`.
+fn run_cpu_group(workers: usize, cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<RunOutcome> {
+    use koala_kernels::CpuBackend;
+    use koala_kernels::comm::ThreadComm;
+    let prep = prepare(cfg)?;
+    let prep = &prep;
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let per = (cores / workers).max(1);
+    let mut comms = ThreadComm::group(workers).into_iter();
+    let comm0 = comms
+        .next()
+        .ok_or_else(|| Error::Config("workers: a group needs at least one worker".into()))?;
+    tracing::info!(
+        workers,
+        threads_per_worker = per,
+        zero1 = cfg.zero1,
+        "CPU data parallel"
+    );
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .map(|comm| {
+                s.spawn(move || {
+                    let be = CpuBackend::with_threads(per).map_err(Error::from);
+                    let be = dp::agree::<CpuBackend, _, _>(&comm, be)?;
+                    train_rank(&be, &comm, prep, cfg, None)
+                })
+            })
+            .collect();
+        let be0 = CpuBackend::with_threads(per).map_err(Error::from);
+        let r0 = dp::agree::<CpuBackend, _, _>(&comm0, be0)
+            .and_then(|be| train_rank(&be, &comm0, prep, cfg, Some(obs)));
+        group_outcome(r0, handles.into_iter().map(|h| h.join()).collect())
+    })
+}
+
+/// One worker thread per GPU with NCCL; rank 0 runs on the calling thread.
+fn run_cuda_group(
+    ordinals: &[usize],
+    cfg: &TrainConfig,
+    obs: &mut dyn Observer,
+) -> Result<RunOutcome> {
+    use koala_kernels::comm::NcclComm;
+    // Open every device first, so a missing GPU is a clear error before NCCL is involved.
+    let backends = ordinals
+        .iter()
+        .map(|&o| open_cuda(o))
+        .collect::<Result<Vec<_>>>()?;
+    let prep = prepare(cfg)?;
+    let prep = &prep;
+    let world = backends.len();
+    let id = NcclComm::new_id()?;
+    let bind = |be: &koala_kernels::cuda::CudaBackend| -> Result<()> {
+        be.context()
+            .bind_to_thread()
+            .map_err(|e| Error::Invalid(format!("{}: bind context: {e:?}", be.name())))
+    };
+    tracing::info!(devices = ?ordinals, zero1 = cfg.zero1, "CUDA data parallel (NCCL)");
+    std::thread::scope(|s| {
+        let mut it = backends.iter().enumerate();
+        let Some((_, be0)) = it.next() else {
+            return Err(Error::Config("device: no CUDA devices".into()));
+        };
+        let handles: Vec<_> = it
+            .map(|(rank, be)| {
+                s.spawn(move || {
+                    bind(be)?;
+                    let comm = NcclComm::new(be, rank, world, id)?;
+                    train_rank(be, &comm, prep, cfg, None)
+                })
+            })
+            .collect();
+        let r0 = bind(be0).and_then(|()| {
+            let comm = NcclComm::new(be0, 0, world, id)?;
+            train_rank(be0, &comm, prep, cfg, Some(obs))
+        });
+        group_outcome(r0, handles.into_iter().map(|h| h.join()).collect())
+    })
+}
+
+/// The outcome of a group: rank 0's, or the first real error (a rank's own, not the
+/// [`dp::PEER_FAILED`] that the other ranks return).
+fn group_outcome(
+    r0: Result<RunOutcome>,
+    rest: Vec<std::thread::Result<Result<RunOutcome>>>,
+) -> Result<RunOutcome> {
+    let mut results = vec![r0];
+    for (i, r) in rest.into_iter().enumerate() {
+        results.push(r.unwrap_or_else(|_| {
+            Err(Error::Invalid(format!(
+                "data-parallel worker {} panicked",
+                i + 1
+            )))
+        }));
+    }
+    let mut peer = None;
+    let mut first = None;
+    for r in results {
+        match r {
+            Ok(o) => {
+                first.get_or_insert(o);
+            }
+            Err(e) if e.to_string() == dp::PEER_FAILED => {
+                peer.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match (peer, first) {
+        (Some(e), _) => Err(e),
+        (None, Some(o)) => Ok(o),
+        (None, None) => Err(Error::Invalid("no data-parallel worker ran".into())),
     }
 }
 
@@ -200,8 +349,46 @@ pub fn loss_weights(batches: &[Batch], mode: LossMode) -> Vec<Vec<f32>> {
     }
 }
 
-/// One optimizer step over `rows` (a global batch): zero grads, forward+backward per
-/// micro-batch of `hyper.micro_batch_size` rows, AdamW at `lr`. Returns `(loss, grad_norm,
+/// Forward and backward of rank `rank` of `world` over its part of the global batch `rows`:
+/// the rows are split by rank ([`shard_range`]) and each rank's rows into micro-batches of
+/// `hyper.micro_batch_size`; the loss weights are computed over the whole global batch, so the
+/// ranks' gradients (and returned losses) **sum** to the global ones. Zeroes the gradients first.
+/// Returns `(loss, tokens)` of this rank; with `world = 1` it is the whole step's.
+pub fn local_grads<B: Backend>(
+    be: &B,
+    model: &mut Llama<B>,
+    rows: &[&Row],
+    hyper: &Hyper,
+    rank: usize,
+    world: usize,
+) -> Result<(f64, usize)> {
+    let micro = hyper.micro_batch_size.max(1);
+    let mut batches = Vec::new();
+    let mut mine = Vec::new();
+    for r in 0..world.max(1) {
+        for c in rows[shard_range(rows.len(), world.max(1), r)].chunks(micro) {
+            if r == rank {
+                mine.push(batches.len());
+            }
+            batches.push(Batch::from_rows(c, hyper.max_len));
+        }
+    }
+    let weights = loss_weights(&batches, hyper.loss);
+    model.zero_grads(be)?;
+    let mut loss = 0.0f64;
+    let mut tokens = 0usize;
+    for i in mine {
+        let (b, w) = (&batches[i], &weights[i]);
+        let inp = Inputs::upload(be, b.b, b.t, &b.inputs, &b.positions, &b.segment_ids)?;
+        let targets = be.upload_ids(&b.targets)?;
+        loss += model.forward_backward(be, &inp, &targets, w)?;
+        tokens += b.b * b.t;
+    }
+    Ok((loss, tokens))
+}
+
+/// One optimizer step over `rows` (a global batch) on one worker: zero grads, forward+backward
+/// per micro-batch of `hyper.micro_batch_size` rows, AdamW at `lr`. Returns `(loss, grad_norm,
 /// tokens)`.
 pub fn train_step<B: Backend>(
     be: &B,
@@ -211,20 +398,7 @@ pub fn train_step<B: Backend>(
     hyper: &Hyper,
     lr: f32,
 ) -> Result<(f32, f64, usize)> {
-    let batches: Vec<Batch> = rows
-        .chunks(hyper.micro_batch_size.max(1))
-        .map(|c| Batch::from_rows(c, hyper.max_len))
-        .collect();
-    let weights = loss_weights(&batches, hyper.loss);
-    model.zero_grads(be)?;
-    let mut loss = 0.0f64;
-    let mut tokens = 0usize;
-    for (b, w) in batches.iter().zip(&weights) {
-        let inp = Inputs::upload(be, b.b, b.t, &b.inputs, &b.positions, &b.segment_ids)?;
-        let targets = be.upload_ids(&b.targets)?;
-        loss += model.forward_backward(be, &inp, &targets, w)?;
-        tokens += b.b * b.t;
-    }
+    let (loss, tokens) = local_grads(be, model, rows, hyper, 0, 1)?;
     let norm = opt.update(be, model, lr)?;
     Ok((loss as f32, norm, tokens))
 }
@@ -257,12 +431,33 @@ pub fn load_model_source(path: &Path, seed: u64) -> Result<(LlamaConfig, Tensors
     }
 }
 
-/// [`run`] on a given backend.
-pub fn run_with<B: Backend>(
-    be: &B,
-    cfg: &TrainConfig,
-    obs: &mut dyn Observer,
-) -> Result<RunOutcome> {
+/// What every rank starts from: the starting weights and (on resume) the optimizer moments.
+/// Released once every rank has uploaded them.
+struct Init {
+    model: Tensors,
+    optim: Option<(Tensors, u64)>,
+}
+
+/// The host-side state of a run, read once and shared by every rank.
+struct Prepared {
+    hyper: Hyper,
+    hash: String,
+    ds: Dataset,
+    total_steps: u64,
+    stop_at: u64,
+    mcfg: LlamaConfig,
+    init: Mutex<Option<Arc<Init>>>,
+    loader: LoaderPosition,
+    resumed_from: Option<u64>,
+    last_loss: f32,
+    history: Vec<MetricRecord>,
+    ckpt_root: PathBuf,
+    metrics_path: PathBuf,
+}
+
+/// Reads the config, the data and the newest checkpoint (or the starting model), and checks
+/// them; creates `out_dir` and trims `metrics.jsonl` to the resumed step.
+fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
     let hyper = cfg.hyper()?;
     let out = &cfg.out_dir;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -272,63 +467,43 @@ pub fn run_with<B: Backend>(
     let steps_per_epoch = n_rows.div_ceil(hyper.batch_size) as u64;
     let total_steps = steps_per_epoch * hyper.epochs as u64;
     let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let schedule = hyper.schedule(total_steps);
     let hash = hyper_hash(&hyper);
 
-    let (mcfg, mut model, mut opt, mut loader, resumed_from, mut last_loss) =
-        match checkpoint::latest(&ckpt_root)? {
-            Some(dir) => {
-                let ck = checkpoint::load(&dir)?;
-                if ck.state.hyper_sha256 != hash || ck.state.seed != cfg.seed {
-                    return Err(Error::Config(format!(
-                        "{}: was written with other hyperparameters or seed; use a fresh out_dir",
-                        dir.display()
-                    )));
-                }
-                let model = Llama::from_tensors(be, ck.config.clone(), &ck.model)?;
-                let mut opt = AdamW::new(
-                    be,
-                    &model,
-                    hyper.beta1,
-                    hyper.beta2,
-                    hyper.eps,
-                    hyper.weight_decay,
-                    hyper.grad_clip,
-                )?;
-                opt.load_tensors(be, &model, &ck.optim, ck.state.step)?;
-                let loader = Loader::new(n_rows, cfg.seed, ck.state.loader);
-                tracing::info!(checkpoint = %dir.display(), step = ck.state.step, "resuming");
-                (
-                    ck.config,
-                    model,
-                    opt,
-                    loader,
-                    Some(ck.state.step),
-                    ck.state.last_loss,
-                )
+    let (mcfg, init, loader, resumed_from, last_loss) = match checkpoint::latest(&ckpt_root)? {
+        Some(dir) => {
+            let ck = checkpoint::load(&dir)?;
+            if ck.state.hyper_sha256 != hash || ck.state.seed != cfg.seed {
+                return Err(Error::Config(format!(
+                    "{}: was written with other hyperparameters or seed; use a fresh out_dir",
+                    dir.display()
+                )));
             }
-            None => {
-                let (mcfg, w) = load_model_source(&cfg.model, cfg.seed)?;
-                let model = Llama::from_tensors(be, mcfg.clone(), &w)?;
-                let opt = AdamW::new(
-                    be,
-                    &model,
-                    hyper.beta1,
-                    hyper.beta2,
-                    hyper.eps,
-                    hyper.weight_decay,
-                    hyper.grad_clip,
-                )?;
-                (
-                    mcfg,
-                    model,
-                    opt,
-                    Loader::new(n_rows, cfg.seed, LoaderPosition::default()),
-                    None,
-                    f32::NAN,
-                )
-            }
-        };
+            tracing::info!(checkpoint = %dir.display(), step = ck.state.step, "resuming");
+            (
+                ck.config,
+                Init {
+                    model: ck.model,
+                    optim: Some((ck.optim, ck.state.step)),
+                },
+                ck.state.loader,
+                Some(ck.state.step),
+                ck.state.last_loss,
+            )
+        }
+        None => {
+            let (mcfg, w) = load_model_source(&cfg.model, cfg.seed)?;
+            (
+                mcfg,
+                Init {
+                    model: w,
+                    optim: None,
+                },
+                LoaderPosition::default(),
+                None,
+                f32::NAN,
+            )
+        }
+    };
     let vocab = mcfg.vocab_size;
     if let Some((i, r)) = ds
         .rows
@@ -347,121 +522,240 @@ pub fn run_with<B: Backend>(
             format!("row {i}: token id {bad} >= vocab_size {vocab}"),
         ));
     }
-    tracing::info!(
-        params = model.n_params(),
-        rows = n_rows,
-        tokens = ds.n_tokens(),
-        total_steps,
-        backend = %be.name(),
-        "training"
-    );
-    obs.event(&TrainEvent::Started {
-        total_steps,
-        resumed_from,
-    });
-
     let metrics_path = out.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path, resumed_from.unwrap_or(0))?;
-    let mut step = opt.step;
+    let history = read_metrics(&metrics_path, resumed_from.unwrap_or(0))?;
+    Ok(Prepared {
+        hyper,
+        hash,
+        ds,
+        total_steps,
+        stop_at,
+        mcfg,
+        init: Mutex::new(Some(Arc::new(init))),
+        loader,
+        resumed_from,
+        last_loss,
+        history,
+        ckpt_root,
+        metrics_path,
+    })
+}
+
+/// [`run`] on a given backend, with one worker.
+pub fn run_with<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    obs: &mut dyn Observer,
+) -> Result<RunOutcome> {
+    let prep = prepare(cfg)?;
+    train_rank(be, &Solo, &prep, cfg, Some(obs))
+}
+
+/// The training loop of one rank of a data-parallel group (every rank runs it; a group of one
+/// uses [`Solo`]). Rank 0 gets the observer and writes metrics, checkpoints and the final model;
+/// every rank takes part in the collectives, and a failure on any rank stops all of them.
+fn train_rank<B: Backend, C: Communicator<B>>(
+    be: &B,
+    comm: &C,
+    prep: &Prepared,
+    cfg: &TrainConfig,
+    mut obs: Option<&mut dyn Observer>,
+) -> Result<RunOutcome> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let lead = rank == 0;
+    let hyper = &prep.hyper;
+    let setup = (|| -> Result<(Llama<B>, DpAdamW<B>)> {
+        let init = prep
+            .init
+            .lock()
+            .map_err(|_| Error::Invalid("initial state: lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| Error::Invalid("initial state already released".into()))?;
+        let model = Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?;
+        let mut opt = DpAdamW::new(be, comm, &model, hyper, cfg.zero1)?;
+        if let Some((t, step)) = &init.optim {
+            opt.load_tensors(be, comm, &model, t, *step)?;
+        }
+        Ok((model, opt))
+    })();
+    let (mut model, mut opt) = dp::agree(comm, setup)?;
+    if lead && let Ok(mut g) = prep.init.lock() {
+        // Every rank has dropped its reference by now (they all passed `agree`).
+        *g = None;
+    }
+    let stop_at = prep.stop_at;
+    let total_steps = prep.total_steps;
+    if lead {
+        tracing::info!(
+            params = model.n_params(),
+            rows = prep.ds.rows.len(),
+            tokens = prep.ds.n_tokens(),
+            total_steps,
+            backend = %be.name(),
+            workers = world,
+            zero1 = opt.is_zero1(),
+            "training"
+        );
+    }
+    if let Some(o) = obs.as_deref_mut() {
+        o.event(&TrainEvent::Started {
+            total_steps,
+            resumed_from: prep.resumed_from,
+        });
+    }
+    let schedule = hyper.schedule(total_steps);
+    let mut loader = Loader::new(prep.ds.rows.len(), cfg.seed, prep.loader);
+    let mut history = if lead {
+        prep.history.clone()
+    } else {
+        Vec::new()
+    };
+    let mut step = opt.step();
+    let mut last_loss = prep.last_loss;
     let t0 = Instant::now();
     let mut tokens_done = 0usize;
+    // A collective: every rank calls it; rank 0 writes and gets the path.
     let save_ckpt = |model: &Llama<B>,
-                     opt: &AdamW<B>,
+                     opt: &DpAdamW<B>,
                      loader: &Loader,
                      step: u64,
                      last_loss: f32|
-     -> Result<PathBuf> {
-        let state = TrainState {
-            step,
-            total_steps,
-            loader: loader.position(),
-            seed: cfg.seed,
-            hyper_sha256: hash.clone(),
-            last_loss,
+     -> Result<Option<PathBuf>> {
+        let moments = dp::agree(comm, opt.to_tensors(be, comm, model))?;
+        let written = match moments {
+            Some(moments) => (|| {
+                let state = TrainState {
+                    step,
+                    total_steps,
+                    loader: loader.position(),
+                    seed: cfg.seed,
+                    hyper_sha256: prep.hash.clone(),
+                    last_loss,
+                };
+                let p = checkpoint::save(
+                    &prep.ckpt_root,
+                    &prep.mcfg,
+                    &model.to_tensors(be)?,
+                    &moments,
+                    &state,
+                )?;
+                checkpoint::prune(&prep.ckpt_root, cfg.keep_checkpoints)?;
+                Ok(Some(p))
+            })(),
+            None => Ok(None),
         };
-        let p = checkpoint::save(
-            &ckpt_root,
-            &mcfg,
-            &model.to_tensors(be)?,
-            &opt.to_tensors(be, model)?,
-            &state,
-        )?;
-        checkpoint::prune(&ckpt_root, cfg.keep_checkpoints)?;
-        Ok(p)
+        dp::agree(comm, written)
     };
-    let mut last_saved = resumed_from;
+    let mut last_saved = prep.resumed_from;
     while step < stop_at {
-        if obs.cancelled() {
-            if last_saved != Some(step) {
-                let p = save_ckpt(&model, &opt, &loader, step, last_loss)?;
-                obs.event(&TrainEvent::Checkpoint { step, path: p });
+        let cancel_here = obs.as_deref().is_some_and(|o| o.cancelled());
+        let cancel = if world > 1 {
+            comm.all_reduce_scalar(f64::from(u8::from(cancel_here)), ReduceOp::Sum)? > 0.0
+        } else {
+            cancel_here
+        };
+        if cancel {
+            if last_saved != Some(step)
+                && let Some(p) = save_ckpt(&model, &opt, &loader, step, last_loss)?
+                && let Some(o) = obs.as_deref_mut()
+            {
+                o.event(&TrainEvent::Checkpoint { step, path: p });
             }
             return Ok(RunOutcome::Cancelled { step });
         }
         let idx = loader.next_batch(hyper.batch_size);
-        let rows: Vec<&Row> = idx.iter().map(|&i| &ds.rows[i]).collect();
+        let rows: Vec<&Row> = idx.iter().map(|&i| &prep.ds.rows[i]).collect();
         let lr = schedule.lr(step);
-        let (loss, norm, tokens) = train_step(be, &mut model, &mut opt, &rows, &hyper, lr)?;
+        let local = local_grads(be, &mut model, &rows, hyper, rank, world);
+        let (mut loss, mut tokens) = dp::agree(comm, local)?;
+        if world > 1 {
+            loss = comm.all_reduce_scalar(loss, ReduceOp::Sum)?;
+            tokens = comm.all_reduce_scalar(tokens as f64, ReduceOp::Sum)? as usize;
+        }
+        let norm = opt.update(be, comm, &mut model, lr)?;
+        let loss = loss as f32;
         step += 1;
         last_loss = loss;
         tokens_done += tokens;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let done_here = step - resumed_from.unwrap_or(0);
-        let tokens_per_s = tokens_done as f64 / elapsed.max(1e-9);
-        let eta_s = elapsed / done_here as f64 * (stop_at - step) as f64;
-        let rec = MetricRecord {
-            step,
-            loss,
-            lr,
-            grad_norm: norm,
-            tokens,
-            tokens_per_s,
-            elapsed_s: elapsed,
+        let written = match obs.as_deref_mut() {
+            Some(o) => (|| {
+                let elapsed = t0.elapsed().as_secs_f64();
+                let done_here = step - prep.resumed_from.unwrap_or(0);
+                let tokens_per_s = tokens_done as f64 / elapsed.max(1e-9);
+                let eta_s = elapsed / done_here as f64 * (stop_at - step) as f64;
+                let rec = MetricRecord {
+                    step,
+                    loss,
+                    lr,
+                    grad_norm: norm,
+                    tokens,
+                    tokens_per_s,
+                    elapsed_s: elapsed,
+                };
+                append_metric(&prep.metrics_path, &rec)?;
+                history.push(rec);
+                o.event(&TrainEvent::Step {
+                    step,
+                    total_steps,
+                    loss,
+                    lr,
+                    tokens_per_s,
+                    eta_s,
+                });
+                Ok(())
+            })(),
+            None => Ok(()),
         };
-        append_metric(&metrics_path, &rec)?;
-        history.push(rec);
-        obs.event(&TrainEvent::Step {
-            step,
-            total_steps,
-            loss,
-            lr,
-            tokens_per_s,
-            eta_s,
-        });
+        dp::agree(comm, written)?;
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < stop_at {
             let p = save_ckpt(&model, &opt, &loader, step, loss)?;
             last_saved = Some(step);
-            obs.event(&TrainEvent::Checkpoint { step, path: p });
+            if let (Some(p), Some(o)) = (p, obs.as_deref_mut()) {
+                o.event(&TrainEvent::Checkpoint { step, path: p });
+            }
         }
     }
-    if last_saved != Some(step) {
-        let p = save_ckpt(&model, &opt, &loader, step, last_loss)?;
-        obs.event(&TrainEvent::Checkpoint { step, path: p });
+    if last_saved != Some(step)
+        && let Some(p) = save_ckpt(&model, &opt, &loader, step, last_loss)?
+        && let Some(o) = obs.as_deref_mut()
+    {
+        o.event(&TrainEvent::Checkpoint { step, path: p });
     }
-    let final_dir = out.join("final");
-    weights::save_dir(&final_dir, &mcfg, &model.to_tensors(be)?, 5 << 30)?;
-    let curve = plot::loss_curve(&out.join("loss_curve.png"), &history)?;
-    let report = serde_json::json!({
-        "steps": step,
-        "total_steps": total_steps,
-        "final_loss": last_loss,
-        "final_model": final_dir,
-        "metrics": metrics_path,
-        "loss_curve": curve,
-        "hyper": hyper,
-        "params": model.n_params(),
-        "backend": be.name(),
-    });
-    weights::atomic_write(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    obs.event(&TrainEvent::Finished {
-        step,
-        final_loss: last_loss,
-    });
+    let finished = match obs {
+        Some(o) => (|| {
+            let out = &cfg.out_dir;
+            let final_dir = out.join("final");
+            weights::save_dir(&final_dir, &prep.mcfg, &model.to_tensors(be)?, 5 << 30)?;
+            let curve = plot::loss_curve(&out.join("loss_curve.png"), &history)?;
+            let report = serde_json::json!({
+                "steps": step,
+                "total_steps": total_steps,
+                "final_loss": last_loss,
+                "final_model": final_dir,
+                "metrics": prep.metrics_path,
+                "loss_curve": curve,
+                "hyper": hyper,
+                "params": model.n_params(),
+                "backend": be.name(),
+                "device": cfg.device,
+                "workers": world,
+                "zero1": opt.is_zero1(),
+            });
+            weights::atomic_write(
+                &out.join("report.json"),
+                serde_json::to_string_pretty(&report)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+            o.event(&TrainEvent::Finished {
+                step,
+                final_loss: last_loss,
+            });
+            Ok(())
+        })(),
+        None => Ok(()),
+    };
+    dp::agree(comm, finished)?;
     Ok(RunOutcome::Finished)
 }
 

@@ -1,41 +1,12 @@
 //! The training loop end to end on the CPU: resume is bit-identical to an uninterrupted run,
 //! cancellation stops at a step boundary with a checkpoint, bad input is a clear error.
-use std::path::{Path, PathBuf};
+mod train_common;
+
+use std::path::Path;
 
 use koala_trainer::data::{Row, write_shard};
 use koala_trainer::{Observer, RunOutcome, TrainConfig, TrainEvent, run};
-
-fn make_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let shards = dir.join("shards");
-    std::fs::create_dir_all(&shards).unwrap();
-    let mut rows = Vec::new();
-    for i in 0..20u32 {
-        let len = 10 + (i % 7) as usize;
-        let tokens: Vec<u32> = (0..len as u32)
-            .map(|j| (3 + i + j * (1 + i % 3)) % 64)
-            .collect();
-        let split = len / 2;
-        let segment_ids = (0..len)
-            .map(|j| u32::from(i % 2 == 0 && j >= split))
-            .collect();
-        let loss_mask = (0..len).map(|j| u8::from(j >= 2)).collect();
-        rows.push(Row {
-            tokens,
-            loss_mask,
-            segment_ids,
-        });
-    }
-    write_shard(&shards.join("part-0.arrow"), &rows[..12]).unwrap();
-    write_shard(&shards.join("part-1.arrow"), &rows[12..]).unwrap();
-    let model = dir.join("config.json");
-    std::fs::write(
-        &model,
-        r#"{"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5}"#,
-    )
-    .unwrap();
-    (shards, model)
-}
+use train_common::make_data;
 
 fn config(dir: &Path, out: &str, max_steps: Option<u64>) -> TrainConfig {
     let (shards, model) = make_data(dir);

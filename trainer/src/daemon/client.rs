@@ -114,6 +114,12 @@ pub struct JobFile {
     pub preset: String,
     #[serde(default)]
     pub devices: String,
+    /// CPU data-parallel workers (JobSpec `workers`).
+    #[serde(default)]
+    pub workers: u32,
+    /// ZeRO-1 optimizer-state sharding (JobSpec `zero1`).
+    #[serde(default)]
+    pub zero1: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -196,6 +202,8 @@ impl JobFile {
             }),
             out_dir: self.out_dir,
             devices: self.devices,
+            workers: self.workers,
+            zero1: self.zero1,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             max_steps: self.max_steps,

@@ -1,5 +1,5 @@
-//! Device sets: `cpu`, `cuda:0`, `cuda:0,1`, `cuda:0..4` (half-open). Jobs whose device sets
-//! overlap run one at a time, in submission order.
+//! Device sets: `cpu`, `auto`, `cuda:0`, `cuda:0,1`, `cuda:0..4` (half-open). Jobs whose device
+//! sets overlap run one at a time, in submission order.
 use std::collections::BTreeSet;
 
 /// One device.
@@ -23,46 +23,18 @@ pub enum Device {
 pub struct DeviceSet(BTreeSet<Device>);
 
 /// The largest CUDA ordinal accepted (a sanity bound, not a hardware query).
-pub const MAX_CUDA_ORDINAL: u32 = 1023;
+pub const MAX_CUDA_ORDINAL: u32 = crate::dp::MAX_CUDA_ORDINAL as u32;
 
 impl DeviceSet {
-    /// Parses a device string; the empty string means `cpu`.
+    /// Parses a device string (the forms of [`crate::dp::DeviceRequest::parse`]); the empty
+    /// string means `cpu`. `auto` may use the CPU or `cuda:0`, so it occupies both.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() || s == "cpu" {
-            return Ok(DeviceSet(BTreeSet::from([Device::Cpu])));
-        }
-        let Some(rest) = s.strip_prefix("cuda:") else {
-            return Err(format!(
-                "{s:?} is not a device set (expected cpu, cuda:N, cuda:N,M or cuda:A..B)"
-            ));
+        use crate::dp::DeviceRequest;
+        let set = match DeviceRequest::parse(s)? {
+            DeviceRequest::Cpu => BTreeSet::from([Device::Cpu]),
+            DeviceRequest::Auto => BTreeSet::from([Device::Cpu, Device::Cuda(0)]),
+            DeviceRequest::Cuda(o) => o.into_iter().map(|n| Device::Cuda(n as u32)).collect(),
         };
-        let mut set = BTreeSet::new();
-        let ordinal = |t: &str| -> Result<u32, String> {
-            let n: u32 = t
-                .trim()
-                .parse()
-                .map_err(|_| format!("{t:?} is not a CUDA device ordinal"))?;
-            if n > MAX_CUDA_ORDINAL {
-                return Err(format!(
-                    "CUDA ordinal {n} is out of range (0..={MAX_CUDA_ORDINAL})"
-                ));
-            }
-            Ok(n)
-        };
-        if let Some((a, b)) = rest.split_once("..") {
-            let (a, b) = (ordinal(a)?, ordinal(b)?);
-            if a >= b {
-                return Err(format!("cuda:{a}..{b} is an empty range"));
-            }
-            set.extend((a..b).map(Device::Cuda));
-        } else {
-            for t in rest.split(',') {
-                if !set.insert(Device::Cuda(ordinal(t)?)) {
-                    return Err(format!("device cuda:{} is listed twice", t.trim()));
-                }
-            }
-        }
         Ok(DeviceSet(set))
     }
 
@@ -101,5 +73,13 @@ mod tests {
             assert!(DeviceSet::parse(bad).is_err(), "{bad}");
         }
         assert!(DeviceSet::parse("cpu").unwrap().is_cpu());
+        assert_eq!(
+            DeviceSet::parse("cuda:0,cuda:2").unwrap(),
+            DeviceSet::parse("cuda:0,2").unwrap()
+        );
+        let auto = DeviceSet::parse("auto").unwrap();
+        assert!(auto.overlaps(&DeviceSet::parse("cpu").unwrap()));
+        assert!(auto.overlaps(&DeviceSet::parse("cuda:0").unwrap()));
+        assert!(!auto.overlaps(&DeviceSet::parse("cuda:1").unwrap()));
     }
 }

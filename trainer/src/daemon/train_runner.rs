@@ -99,6 +99,8 @@ pub fn train_config(
         } else {
             spec.devices.clone()
         },
+        workers: spec.workers as usize,
+        zero1: spec.zero1,
         max_steps: (spec.max_steps > 0).then_some(spec.max_steps),
     })
 }
@@ -162,6 +164,8 @@ mod tests {
             checkpoint_every: 1,
             keep_checkpoints: 0,
             device: "cpu".into(),
+            workers: 0,
+            zero1: false,
             max_steps: None,
         };
         let hy = cfg.hyper().unwrap();

@@ -9,6 +9,9 @@
 //!   the model's `vocab_size`, and whose tokenizer hash matches the model's `tokenizer.json` when
 //!   both are known;
 //! - `out_dir` does not exist yet or is an empty directory;
+//! - `devices` is `cpu`, `auto`, `cuda`, `cuda:N`, `cuda:N,M` or `cuda:A..B`, and `workers` is
+//!   0..=256 (CPU workers), or 0 / the number of devices with GPUs (availability of the GPUs is
+//!   checked when the job runs: a missing one fails the job with the reason);
 //! - numbers are in range and strings size-limited.
 use std::path::{Component, Path, PathBuf};
 
@@ -75,6 +78,16 @@ pub struct ResolvedPaths {
 pub fn validate(spec: &JobSpec, data_root: &Path) -> Result<ResolvedPaths, FieldError> {
     check_strings(spec)?;
     DeviceSet::parse(&spec.devices).map_err(|e| err("devices", e))?;
+    crate::dp::check_devices(&spec.devices, spec.workers as usize).map_err(|e| {
+        err(
+            if e.field == "workers" {
+                "workers"
+            } else {
+                "devices"
+            },
+            e.reason,
+        )
+    })?;
     if spec.checkpoint_every > MAX_CHECKPOINT_EVERY {
         return Err(err(
             "checkpoint_every",

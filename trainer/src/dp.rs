@@ -1,0 +1,575 @@
+//! Device selection and data parallelism for the training loop.
+//!
+//! [`TrainConfig::device`](crate::TrainConfig::device) (the daemon's `JobSpec.devices`) picks the
+//! path, together with [`TrainConfig::workers`](crate::TrainConfig::workers) and
+//! [`TrainConfig::zero1`](crate::TrainConfig::zero1):
+//!
+//! | `device`                       | runs on                                                      |
+//! |--------------------------------|--------------------------------------------------------------|
+//! | `cpu` (default)                | `workers` CPU workers (threads over `ThreadComm`; 1 = plain)  |
+//! | `cuda`, `cuda:N`               | one GPU (`CudaBackend`, bf16 mixed precision)                 |
+//! | `cuda:0,1`, `cuda:0,cuda:1`, `cuda:A..B` | one worker thread per GPU, gradients over NCCL     |
+//! | `auto`                         | `cuda:0` when usable, else the CPU (the reason is logged)     |
+//!
+//! Every worker runs the same generic loop ([`crate::train`]) on its slice of each global batch
+//! (rows split by rank with [`shard_range`]); the loss weights are computed over the **global**
+//! batch, so each rank's gradient is its share of the global gradient and the ranks' gradients are
+//! **summed** (not averaged). [`DpAdamW`] then clips by the global norm of the summed gradient and
+//! applies the trainer's AdamW (same math, bias correction and no-decay rule for 1-D weights as
+//! [`AdamW::update`]); with `zero1` the moments are sharded across ranks (ZeRO-1, llm.c's `-z 1`),
+//! and gathered to rank 0 for checkpoints, which therefore have the single-worker format and can be
+//! resumed with any worker count.
+//!
+//! ```
+//! use koala_trainer::dp::DeviceRequest;
+//! assert_eq!(DeviceRequest::parse("cuda:0..2").unwrap(), DeviceRequest::Cuda(vec![0, 1]));
+//! assert_eq!(DeviceRequest::parse("cuda:0,1").unwrap(), DeviceRequest::Cuda(vec![0, 1]));
+//! assert_eq!(DeviceRequest::parse("auto").unwrap(), DeviceRequest::Auto);
+//! assert!(DeviceRequest::parse("tpu").is_err());
+//! ```
+use koala_kernels::comm::{Communicator, ReduceOp, shard_len, shard_range};
+use koala_kernels::{AdamWParams, Backend};
+
+use crate::hparams::Hyper;
+use crate::model::Llama;
+use crate::optim::AdamW;
+use crate::weights::{HostTensor, Tensors};
+use crate::{Error, Result};
+
+/// The largest CUDA ordinal accepted (a sanity bound, not a hardware query).
+pub const MAX_CUDA_ORDINAL: usize = 1023;
+/// The most CPU workers a run may ask for.
+pub const MAX_CPU_WORKERS: usize = 256;
+
+/// A parsed device string: what the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Cpu,
+    /// `cuda:0` when usable, else the CPU.
+    Auto,
+    /// Distinct GPU ordinals, in the order given (a range is ascending).
+    Cuda(Vec<usize>),
+}
+
+impl DeviceRequest {
+    /// Parses `cpu` (also the empty string), `auto`, `cuda` (= `cuda:0`), `cuda:N`, a list
+    /// `cuda:0,1` or `cuda:0,cuda:1`, or a half-open range `cuda:A..B`. The message of an error
+    /// says what was expected.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "" | "cpu" => return Ok(DeviceRequest::Cpu),
+            "auto" => return Ok(DeviceRequest::Auto),
+            "cuda" => return Ok(DeviceRequest::Cuda(vec![0])),
+            _ => {}
+        }
+        let Some(rest) = t.strip_prefix("cuda:") else {
+            return Err(format!(
+                "{s:?} is not a device (expected cpu, auto, cuda:N, cuda:N,M or cuda:A..B)"
+            ));
+        };
+        let ordinal = |x: &str| -> std::result::Result<usize, String> {
+            let x = x.trim();
+            let n: usize = x
+                .parse()
+                .map_err(|_| format!("{x:?} is not a CUDA device ordinal (in {s:?})"))?;
+            if n > MAX_CUDA_ORDINAL {
+                return Err(format!(
+                    "CUDA ordinal {n} is out of range (0..={MAX_CUDA_ORDINAL})"
+                ));
+            }
+            Ok(n)
+        };
+        let mut out = Vec::new();
+        if let Some((a, b)) = rest.split_once("..") {
+            let (a, b) = (ordinal(a)?, ordinal(b)?);
+            if a >= b {
+                return Err(format!("cuda:{a}..{b} is an empty range"));
+            }
+            out.extend(a..b);
+        } else {
+            for part in rest.split(',') {
+                let part = part.trim();
+                let n = ordinal(part.strip_prefix("cuda:").unwrap_or(part))?;
+                if out.contains(&n) {
+                    return Err(format!("device cuda:{n} is listed twice"));
+                }
+                out.push(n);
+            }
+        }
+        Ok(DeviceRequest::Cuda(out))
+    }
+}
+
+/// Where a run executes, after `auto` was resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// `workers` CPU workers (1: the plain single-worker loop).
+    Cpu { workers: usize },
+    /// One worker per GPU ordinal.
+    Cuda(Vec<usize>),
+}
+
+impl Plan {
+    /// The number of data-parallel workers.
+    pub fn world(&self) -> usize {
+        match self {
+            Plan::Cpu { workers } => *workers,
+            Plan::Cuda(o) => o.len(),
+        }
+    }
+}
+
+/// A bad device setting: which field (`device` or `workers`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Checks `device` and `workers` together (without touching any device): `workers` counts CPU
+/// workers (0 or 1: one); with GPUs there is one worker per device, so `workers` must then be 0
+/// or the number of devices.
+pub fn check_devices(
+    device: &str,
+    workers: usize,
+) -> std::result::Result<DeviceRequest, DeviceError> {
+    let req = DeviceRequest::parse(device).map_err(|reason| DeviceError {
+        field: "device",
+        reason,
+    })?;
+    if workers > MAX_CPU_WORKERS {
+        return Err(DeviceError {
+            field: "workers",
+            reason: format!("{workers} is out of range (0..={MAX_CPU_WORKERS})"),
+        });
+    }
+    match &req {
+        DeviceRequest::Cuda(o) if workers > 1 && workers != o.len() => Err(DeviceError {
+            field: "workers",
+            reason: format!(
+                "{workers} does not match the {} CUDA device(s) of {device:?} (one worker per \
+                 GPU; leave workers at 0)",
+                o.len()
+            ),
+        }),
+        _ => Ok(req),
+    }
+}
+
+/// Resolves the device request into a [`Plan`], probing the GPU for `auto` (which falls back to
+/// the CPU, logging why). An explicit `cuda` request is not probed here: opening the device
+/// reports what is missing.
+pub fn plan(device: &str, workers: usize) -> Result<Plan> {
+    match check_devices(device, workers).map_err(|e| Error::Config(e.to_string()))? {
+        DeviceRequest::Cpu => Ok(Plan::Cpu {
+            workers: workers.max(1),
+        }),
+        DeviceRequest::Cuda(o) => Ok(Plan::Cuda(o)),
+        DeviceRequest::Auto => match koala_kernels::select::select("auto") {
+            Ok(sel) if sel.fallback().is_none() && sel.name() != "cpu" => {
+                if workers > 1 {
+                    tracing::warn!(
+                        workers,
+                        "device auto picked cuda:0: one worker (workers counts CPU workers)"
+                    );
+                }
+                Ok(Plan::Cuda(vec![0]))
+            }
+            Ok(sel) => {
+                tracing::warn!(
+                    reason = sel.fallback().unwrap_or("no GPU"),
+                    "device auto: training on the CPU"
+                );
+                Ok(Plan::Cpu {
+                    workers: workers.max(1),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "device auto: training on the CPU");
+                Ok(Plan::Cpu {
+                    workers: workers.max(1),
+                })
+            }
+        },
+    }
+}
+
+/// The communicator of a group of one: every collective is the identity (a copy).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Solo;
+
+impl<B: Backend> Communicator<B> for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce(&self, _be: &B, _buf: &mut B::Buf, _op: ReduceOp) -> koala_kernels::Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter(
+        &self,
+        be: &B,
+        full: &B::Buf,
+        shard: &mut B::Buf,
+        _op: ReduceOp,
+    ) -> koala_kernels::Result<()> {
+        be.copy(shard, full)
+    }
+    fn all_gather(&self, be: &B, shard: &B::Buf, full: &mut B::Buf) -> koala_kernels::Result<()> {
+        be.copy(full, shard)
+    }
+    fn all_reduce_scalar(&self, x: f64, _op: ReduceOp) -> koala_kernels::Result<f64> {
+        Ok(x)
+    }
+    fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> koala_kernels::Result<()> {
+        be.copy(shard, full)
+    }
+}
+
+/// The message of the error a rank returns when another rank failed (the group reports the
+/// failing rank's own error instead).
+pub const PEER_FAILED: &str = "another data-parallel worker failed";
+
+/// Makes every rank agree on whether a phase failed on any of them: a rank that failed returns
+/// its error, the others return [`PEER_FAILED`], so no rank is left waiting in a collective.
+pub fn agree<B: Backend, C: Communicator<B>, T>(comm: &C, r: Result<T>) -> Result<T> {
+    if comm.world_size() == 1 {
+        return r;
+    }
+    let failed = comm.all_reduce_scalar(f64::from(u8::from(r.is_err())), ReduceOp::Sum)?;
+    match r {
+        Err(e) => Err(e),
+        Ok(_) if failed > 0.0 => Err(Error::Invalid(PEER_FAILED.into())),
+        Ok(v) => Ok(v),
+    }
+}
+
+/// ZeRO-1 state of one parameter: this rank's shard of the parameter and of the summed gradient.
+struct Shard<B: Backend> {
+    param: B::Buf,
+    grad: B::Buf,
+}
+
+/// The trainer's [`AdamW`] across a data-parallel group: the ranks' gradients are summed, clipped
+/// by their global norm and applied with the same rules as [`AdamW::update`]. With `zero1`, the
+/// moments `adam.m` / `adam.v` hold only this rank's shard of each parameter (`1/world` of the
+/// optimizer memory), each rank updates its shard and the shards are all-gathered.
+pub struct DpAdamW<B: Backend> {
+    /// Hyperparameters, step count and moments (full, or this rank's shards with `zero1`).
+    pub adam: AdamW<B>,
+    shards: Option<Vec<Shard<B>>>,
+}
+
+impl<B: Backend> DpAdamW<B> {
+    /// Fresh state for `model`'s parameters (identical on every rank), with `hyper`'s betas,
+    /// eps, weight decay and clipping. `zero1` with a group of one is the plain optimizer.
+    pub fn new<C: Communicator<B>>(
+        be: &B,
+        comm: &C,
+        model: &Llama<B>,
+        hyper: &Hyper,
+        zero1: bool,
+    ) -> Result<Self> {
+        let world = comm.world_size();
+        if !zero1 || world == 1 {
+            let adam = AdamW::new(
+                be,
+                model,
+                hyper.beta1,
+                hyper.beta2,
+                hyper.eps,
+                hyper.weight_decay,
+                hyper.grad_clip,
+            )?;
+            return Ok(Self { adam, shards: None });
+        }
+        let n = model.specs.len();
+        let mut adam = AdamW {
+            m: Vec::with_capacity(n),
+            v: Vec::with_capacity(n),
+            step: 0,
+            beta1: hyper.beta1,
+            beta2: hyper.beta2,
+            eps: hyper.eps,
+            weight_decay: hyper.weight_decay,
+            grad_clip: hyper.grad_clip,
+        };
+        let mut shards = Vec::with_capacity(n);
+        for p in &model.params {
+            let s = shard_len(be.len(p), world);
+            let mut param = be.zeros(s)?;
+            comm.local_shard(be, p, &mut param)?;
+            adam.m.push(be.zeros(s)?);
+            adam.v.push(be.zeros(s)?);
+            shards.push(Shard {
+                param,
+                grad: be.zeros(s)?,
+            });
+        }
+        Ok(Self {
+            adam,
+            shards: Some(shards),
+        })
+    }
+
+    /// Whether the optimizer state is sharded.
+    pub fn is_zero1(&self) -> bool {
+        self.shards.is_some()
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.adam.step
+    }
+
+    /// Elements of optimizer state (`m` plus `v`) this rank holds.
+    pub fn state_elements(&self, be: &B) -> usize {
+        self.adam
+            .m
+            .iter()
+            .chain(&self.adam.v)
+            .map(|b| be.len(b))
+            .sum()
+    }
+
+    /// Sums the ranks' gradients, clips and applies AdamW at `lr`; returns the pre-clip global
+    /// gradient norm. Afterwards every rank holds the same parameters.
+    pub fn update<C: Communicator<B>>(
+        &mut self,
+        be: &B,
+        comm: &C,
+        model: &mut Llama<B>,
+        lr: f32,
+    ) -> Result<f64> {
+        let Some(shards) = &mut self.shards else {
+            if comm.world_size() > 1 {
+                for g in &mut model.grads {
+                    comm.all_reduce(be, g, ReduceOp::Sum)?;
+                }
+            }
+            return self.adam.update(be, model, lr);
+        };
+        let a = &mut self.adam;
+        let mut ss = 0.0f64;
+        for (g, sh) in model.grads.iter().zip(shards.iter_mut()) {
+            comm.reduce_scatter(be, g, &mut sh.grad, ReduceOp::Sum)?;
+            ss += be.sum_squares(&sh.grad)?;
+        }
+        let norm = comm.all_reduce_scalar(ss, ReduceOp::Sum)?.sqrt();
+        // The same clip factor and no-decay rule as `AdamW::update`.
+        let grad_scale = if a.grad_clip > 0.0 {
+            (a.grad_clip as f64 / (norm + 1e-6)).min(1.0) as f32
+        } else {
+            1.0
+        };
+        a.step += 1;
+        for (i, spec) in model.specs.iter().enumerate() {
+            let hp = AdamWParams {
+                lr,
+                beta1: a.beta1,
+                beta2: a.beta2,
+                eps: a.eps,
+                weight_decay: if spec.shape.len() >= 2 {
+                    a.weight_decay
+                } else {
+                    0.0
+                },
+                step: a.step,
+                grad_scale,
+            };
+            let sh = &mut shards[i];
+            be.adamw_step(&mut sh.param, &sh.grad, &mut a.m[i], &mut a.v[i], &hp)?;
+            comm.all_gather(be, &sh.param, &mut model.params[i])?;
+        }
+        Ok(norm)
+    }
+
+    /// The full moments as `m.<param>` / `v.<param>` host tensors (the single-worker checkpoint
+    /// format). A collective with `zero1` (every rank must call it); the tensors are returned on
+    /// rank 0 only.
+    pub fn to_tensors<C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        model: &Llama<B>,
+    ) -> Result<Option<Tensors>> {
+        if self.shards.is_none() {
+            return if comm.rank() == 0 {
+                Ok(Some(self.adam.to_tensors(be, model)?))
+            } else {
+                Ok(None)
+            };
+        }
+        let mut out = Tensors::new();
+        for (i, s) in model.specs.iter().enumerate() {
+            for (prefix, shard) in [("m", &self.adam.m[i]), ("v", &self.adam.v[i])] {
+                let mut full = be.zeros(s.numel())?;
+                comm.all_gather(be, shard, &mut full)?;
+                if comm.rank() == 0 {
+                    out.insert(
+                        format!("{prefix}.{}", s.name),
+                        HostTensor {
+                            shape: s.shape.clone(),
+                            data: be.download(&full)?,
+                        },
+                    );
+                }
+            }
+        }
+        Ok((comm.rank() == 0).then_some(out))
+    }
+
+    /// Restores moments saved by [`DpAdamW::to_tensors`] or [`AdamW::to_tensors`] (any worker
+    /// count), keeping this rank's shard with `zero1`. No communication.
+    pub fn load_tensors<C: Communicator<B>>(
+        &mut self,
+        be: &B,
+        comm: &C,
+        model: &Llama<B>,
+        t: &Tensors,
+        step: u64,
+    ) -> Result<()> {
+        if self.shards.is_none() {
+            return self.adam.load_tensors(be, model, t, step);
+        }
+        let world = comm.world_size();
+        for (i, s) in model.specs.iter().enumerate() {
+            for (prefix, dst) in [("m", &mut self.adam.m[i]), ("v", &mut self.adam.v[i])] {
+                let name = format!("{prefix}.{}", s.name);
+                let h = t
+                    .get(&name)
+                    .ok_or_else(|| Error::Invalid(format!("optimizer state lacks {name}")))?;
+                if h.shape != s.shape {
+                    return Err(Error::Invalid(format!(
+                        "optimizer state {name}: shape {:?}",
+                        h.shape
+                    )));
+                }
+                let range = shard_range(h.data.len(), world, comm.rank());
+                let mut host = vec![0.0f32; shard_len(h.data.len(), world)];
+                host[..range.len()].copy_from_slice(&h.data[range]);
+                *dst = be.upload(&host)?;
+            }
+        }
+        self.adam.step = step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::weights::init_weights;
+    use koala_kernels::CpuBackend;
+    use koala_kernels::comm::ThreadComm;
+
+    #[test]
+    fn device_strings() {
+        for (s, want) in [
+            ("", DeviceRequest::Cpu),
+            (" CPU ", DeviceRequest::Cpu),
+            ("auto", DeviceRequest::Auto),
+            ("cuda", DeviceRequest::Cuda(vec![0])),
+            ("cuda:3", DeviceRequest::Cuda(vec![3])),
+            ("cuda:2,0", DeviceRequest::Cuda(vec![2, 0])),
+            ("cuda:0, cuda:1", DeviceRequest::Cuda(vec![0, 1])),
+            ("cuda:1..4", DeviceRequest::Cuda(vec![1, 2, 3])),
+        ] {
+            assert_eq!(DeviceRequest::parse(s).unwrap(), want, "{s:?}");
+        }
+        for bad in [
+            "gpu0",
+            "cuda:",
+            "cuda:x",
+            "cuda:3..1",
+            "cuda:1,1",
+            "cuda:0..",
+            "cuda:99999",
+            "tpu",
+        ] {
+            assert!(DeviceRequest::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_devices("cuda:0,1", 3).unwrap_err().field, "workers");
+        assert_eq!(check_devices("cpu", 1000).unwrap_err().field, "workers");
+        assert_eq!(check_devices("npu", 0).unwrap_err().field, "device");
+        assert!(check_devices("cuda:0,1", 2).is_ok());
+        assert_eq!(plan("cpu", 0).unwrap(), Plan::Cpu { workers: 1 });
+        assert_eq!(plan("cpu", 3).unwrap().world(), 3);
+        assert_eq!(plan("cuda:0..4", 0).unwrap(), Plan::Cuda(vec![0, 1, 2, 3]));
+    }
+
+    /// ZeRO-1 keeps `ceil(n / world)` of each moment per rank, and the moments gathered for a
+    /// checkpoint (any world) come back unchanged when re-sharded over another world size.
+    #[test]
+    fn zero1_shards_and_checkpoint_moments_round_trip() {
+        let cfg = LlamaConfig::from_json_str(
+            r#"{"vocab_size": 13, "hidden_size": 8, "intermediate_size": 12,
+                "num_hidden_layers": 1, "num_attention_heads": 2}"#,
+        )
+        .unwrap();
+        let hyper = Hyper::default();
+        let host = init_weights(&cfg, 1, 0.1);
+        // Moments with distinct values, in the checkpoint format.
+        let cpu = CpuBackend::new();
+        let model = Llama::from_tensors(&cpu, cfg.clone(), &host).unwrap();
+        let mut moments = Tensors::new();
+        for s in &model.specs {
+            for (k, prefix) in ["m", "v"].iter().enumerate() {
+                let data = (0..s.numel())
+                    .map(|i| (i * 2 + k) as f32 * 0.25 + s.numel() as f32)
+                    .collect();
+                moments.insert(
+                    format!("{prefix}.{}", s.name),
+                    HostTensor {
+                        shape: s.shape.clone(),
+                        data,
+                    },
+                );
+            }
+        }
+        let full: usize = model.specs.iter().map(|s| 2 * s.numel()).sum();
+        for world in [2usize, 3] {
+            let comms = ThreadComm::group(world);
+            let outs: Vec<(usize, Option<Tensors>)> = std::thread::scope(|sc| {
+                let hs: Vec<_> = comms
+                    .into_iter()
+                    .map(|c| {
+                        let (cfg, host, moments, hyper) = (&cfg, &host, &moments, &hyper);
+                        sc.spawn(move || {
+                            let be = CpuBackend::with_threads(1).unwrap();
+                            let model = Llama::from_tensors(&be, cfg.clone(), host).unwrap();
+                            let mut opt = DpAdamW::new(&be, &c, &model, hyper, true).unwrap();
+                            assert!(opt.is_zero1());
+                            opt.load_tensors(&be, &c, &model, moments, 7).unwrap();
+                            assert_eq!(opt.step(), 7);
+                            let held = opt.state_elements(&be);
+                            (held, opt.to_tensors(&be, &c, &model).unwrap())
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let want: usize = model
+                .specs
+                .iter()
+                .map(|s| 2 * shard_len(s.numel(), world))
+                .sum();
+            for (rank, (held, t)) in outs.iter().enumerate() {
+                assert_eq!(*held, want, "world {world} rank {rank}");
+                assert!(*held * world < full + 2 * world * model.specs.len());
+                assert_eq!(t.is_some(), rank == 0, "only rank 0 gets the tensors");
+            }
+            assert_eq!(outs[0].1.as_ref().unwrap(), &moments, "world {world}");
+        }
+    }
+}

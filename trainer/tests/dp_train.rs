@@ -1,0 +1,495 @@
+//! The real training loop (`koala_trainer::run`) on the data-parallel path: CPU workers as
+//! threads over `ThreadComm`, with and without ZeRO-1, against one worker on the same spec; resume
+//! across worker counts; device selection (`cuda:N` without a GPU is a clean error, `auto` falls
+//! back to the CPU); and the daemon's validation of `devices` / `workers` / `zero1`.
+//!
+//! The global batch of 6 rows does not split evenly into the micro-batches of 2 rows per worker
+//! (one worker: 2+2+2 rows; two: 2+1 per worker; three: 2 per worker, and 1+1+0 on the last,
+//! short batch of each epoch), so the global loss weighting and the summed gradients are
+//! exercised, not just a relabelling of the same micro-batches.
+mod daemon_common;
+mod train_common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use koala_proto::v1::JobSpec;
+use koala_trainer::daemon::runner::{RunEvent, RunRequest, RunSink, Runner};
+use koala_trainer::daemon::train_runner::{TrainRunner, train_config};
+use koala_trainer::daemon::validate::validate;
+use koala_trainer::weights::{Tensors, load_dir};
+use koala_trainer::{Observer, RunOutcome, TrainConfig, TrainEvent, checkpoint, run};
+
+/// Steps of the full run: 20 rows / batch 6 = 4 steps per epoch, 2 epochs.
+const STEPS: usize = 8;
+
+fn config(dir: &Path, out: &str, workers: usize, zero1: bool, loss: &str) -> TrainConfig {
+    let data = dir.join("data");
+    let (shards, model) = train_common::make_data(&data);
+    let text = format!(
+        r#"
+        model = {model:?}
+        shards = {shards:?}
+        out_dir = {out:?}
+        preset = "tiny-cpu"
+        seed = 11
+        checkpoint_every = 2
+        keep_checkpoints = 0
+        workers = {workers}
+        zero1 = {zero1}
+        [hyper]
+        batch_size = 6
+        micro_batch_size = 2
+        epochs = 2
+        lr = 3e-3
+        loss = "{loss}"
+        "#,
+        out = dir.join(out)
+    );
+    toml::from_str(&text).unwrap()
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Vec<TrainEvent>,
+}
+
+impl Observer for Recorder {
+    fn event(&mut self, ev: &TrainEvent) {
+        self.events.push(ev.clone());
+    }
+}
+
+impl Recorder {
+    fn losses(&self) -> Vec<f32> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step { loss, .. } => Some(*loss),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Runs `cfg` to its end; returns the per-step losses.
+fn train(cfg: &TrainConfig) -> Vec<f32> {
+    let mut r = Recorder::default();
+    assert_eq!(run(cfg, &mut r).unwrap(), RunOutcome::Finished);
+    r.losses()
+}
+
+struct Baseline {
+    losses: Vec<f32>,
+    weights: Tensors,
+    /// The optimizer state of the step-4 checkpoint.
+    optim_at_4: Tensors,
+}
+
+/// One worker, token mean: the reference every data-parallel run is compared with.
+fn baseline() -> &'static Baseline {
+    static B: OnceLock<Baseline> = OnceLock::new();
+    B.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path(), "one", 1, false, "token_mean");
+        let losses = train(&cfg);
+        assert_eq!(losses.len(), STEPS);
+        assert!(losses[STEPS - 1] < losses[0], "loss did not go down");
+        let ck = checkpoint::load(&cfg.out_dir.join("checkpoints/step-00000004")).unwrap();
+        Baseline {
+            losses,
+            weights: load_dir(&cfg.out_dir.join("final")).unwrap(),
+            optim_at_4: ck.optim,
+        }
+    })
+}
+
+fn assert_losses_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: number of steps");
+    for (s, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{what}: step {} loss {a} vs {b}",
+            s + 1
+        );
+    }
+}
+
+/// Same tensor names and shapes, values within `tol` relative to `1 + |want|`.
+fn assert_tensors_close(what: &str, got: &Tensors, want: &Tensors, tol: f32) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: tensor names"
+    );
+    let mut overall = 0.0f32;
+    for (name, w) in want {
+        let g = &got[name];
+        assert_eq!(g.shape, w.shape, "{what}: {name} shape");
+        let worst = g
+            .data
+            .iter()
+            .zip(&w.data)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= tol, "{what}: {name} worst relative diff {worst}");
+        overall = overall.max(worst);
+    }
+    eprintln!("{what}: worst relative diff over all tensors {overall:.2e}");
+}
+
+fn metrics_lines(cfg: &TrainConfig) -> usize {
+    std::fs::read_to_string(cfg.out_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+fn check_group(workers: usize, zero1: bool) {
+    let base = baseline();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), "dp", workers, zero1, "token_mean");
+    let what = format!("{workers} workers, zero1={zero1}");
+    let losses = train(&cfg);
+    assert_losses_close(&what, &losses, &base.losses);
+    let w = load_dir(&cfg.out_dir.join("final")).unwrap();
+    assert_tensors_close(&what, &w, &base.weights, 2e-5);
+    // Only rank 0 writes: one metrics line per step, and a checkpoint in the single-worker format.
+    assert_eq!(metrics_lines(&cfg), STEPS, "{what}: metrics.jsonl");
+    let ck = checkpoint::load(&cfg.out_dir.join("checkpoints/step-00000004")).unwrap();
+    assert_tensors_close(&what, &ck.optim, &base.optim_at_4, 2e-5);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["workers"], workers, "{what}: report");
+    assert_eq!(report["zero1"], zero1, "{what}: report");
+}
+
+#[test]
+fn two_cpu_workers_equal_one_worker() {
+    check_group(2, false);
+}
+
+#[test]
+fn two_cpu_workers_with_zero1_equal_one_worker() {
+    check_group(2, true);
+}
+
+#[test]
+fn three_cpu_workers_with_zero1_and_an_idle_rank_equal_one_worker() {
+    // 3 workers: shards of 1/3 with zero padding, and a rank with no rows on short batches.
+    check_group(3, true);
+}
+
+#[test]
+fn row_mean_loss_with_two_workers_equals_one_worker() {
+    // EasyLM's per-row mean then mean over rows, over the global batch.
+    let d = tempfile::tempdir().unwrap();
+    let one = config(d.path(), "one", 1, false, "row_mean");
+    let two = config(d.path(), "two", 2, true, "row_mean");
+    let l1 = train(&one);
+    let l2 = train(&two);
+    assert!(
+        l1.iter().zip(&baseline().losses).any(|(a, b)| a != b),
+        "row_mean gave the token-mean losses"
+    );
+    assert_losses_close("row_mean", &l2, &l1);
+    assert_tensors_close(
+        "row_mean",
+        &load_dir(&two.out_dir.join("final")).unwrap(),
+        &load_dir(&one.out_dir.join("final")).unwrap(),
+        2e-5,
+    );
+}
+
+/// Trains `first` workers to step 4 (a checkpoint), then resumes with `second` workers to the
+/// end; the result must match the uninterrupted single-worker run.
+fn check_resume(first: (usize, bool), second: (usize, bool)) {
+    let base = baseline();
+    let d = tempfile::tempdir().unwrap();
+    let what = format!("{first:?} then {second:?}");
+    let mut a = config(d.path(), "run", first.0, first.1, "token_mean");
+    a.max_steps = Some(4);
+    let la = train(&a);
+    let b = config(d.path(), "run", second.0, second.1, "token_mean");
+    let mut r = Recorder::default();
+    assert_eq!(run(&b, &mut r).unwrap(), RunOutcome::Finished);
+    assert!(
+        matches!(
+            r.events[0],
+            TrainEvent::Started {
+                resumed_from: Some(4),
+                ..
+            }
+        ),
+        "{what}: did not resume from step 4: {:?}",
+        r.events[0]
+    );
+    let mut losses = la;
+    losses.extend(r.losses());
+    assert_losses_close(&what, &losses, &base.losses);
+    let w = load_dir(&b.out_dir.join("final")).unwrap();
+    assert_tensors_close(&what, &w, &base.weights, 2e-5);
+    assert_eq!(metrics_lines(&b), STEPS, "{what}: metrics.jsonl");
+}
+
+#[test]
+fn resume_two_zero1_workers_with_one_worker() {
+    check_resume((2, true), (1, false));
+}
+
+#[test]
+fn resume_one_worker_with_two_zero1_workers() {
+    check_resume((1, false), (2, true));
+}
+
+#[test]
+fn resume_two_plain_workers_with_three_zero1_workers() {
+    check_resume((2, false), (3, true));
+}
+
+/// Whether `cuda:0` can be opened (the helper the kernels' GPU tests use); prints why not.
+fn gpu() -> bool {
+    match koala_kernels::select::select("cuda:0") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped GPU training: no usable GPU ({e})");
+            false
+        }
+    }
+}
+
+#[test]
+fn cuda_device_trains_on_a_gpu_and_is_a_clear_error_without_one() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config(d.path(), "gpu", 0, false, "token_mean");
+    cfg.device = "cuda:0".into();
+    if gpu() {
+        // bf16 mixed precision: the loss follows the fp32 CPU run loosely.
+        let losses = train(&cfg);
+        let base = &baseline().losses;
+        assert_eq!(losses.len(), STEPS);
+        for (s, (a, b)) in losses.iter().zip(base).enumerate() {
+            assert!(
+                (a - b).abs() <= 0.05 * b.abs(),
+                "cuda:0 step {}: loss {a} vs cpu {b}",
+                s + 1
+            );
+        }
+    } else {
+        let e = run(&cfg, &mut Recorder::default()).unwrap_err().to_string();
+        assert!(e.contains("cuda:0"), "{e}");
+        assert!(
+            !cfg.out_dir.join("final").exists(),
+            "a failed device wrote a model"
+        );
+    }
+    // Two GPUs: trains where there are two, and is a clear error where there are not.
+    let mut cfg = config(d.path(), "gpus", 0, true, "token_mean");
+    cfg.device = "cuda:0..2".into();
+    match koala_kernels::select::select("cuda:1") {
+        Ok(_) => assert_eq!(train(&cfg).len(), STEPS),
+        Err(why) => {
+            eprintln!("skipped 2-GPU training: {why}");
+            let e = run(&cfg, &mut Recorder::default()).unwrap_err().to_string();
+            assert!(e.contains("cuda:"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_without_a_gpu() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config(d.path(), "auto", 0, false, "token_mean");
+    cfg.device = "auto".into();
+    cfg.max_steps = Some(2);
+    let losses = train(&cfg);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let backend = report["backend"].as_str().unwrap().to_string();
+    if gpu() {
+        assert!(backend.starts_with("cuda"), "{backend}");
+    } else {
+        assert_eq!(backend, "cpu");
+        // The same code path as `device = "cpu"`: bit-identical losses.
+        assert_eq!(losses, baseline().losses[..2]);
+    }
+}
+
+#[test]
+fn bad_device_settings_are_config_errors_naming_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tpu", 0, "tpu"),
+        ("cuda:3..1", 0, "empty range"),
+        ("cuda:0,0", 0, "twice"),
+        ("cuda:0,1", 3, "workers"),
+        ("cpu", 100_000, "workers"),
+    ];
+    for (device, workers, want) in cases {
+        let mut cfg = config(d.path(), "bad", workers, false, "token_mean");
+        cfg.device = device.into();
+        let e = run(&cfg, &mut Recorder::default()).unwrap_err().to_string();
+        assert!(e.contains(want), "{device} / {workers}: {e}");
+    }
+    assert!(
+        !d.path().join("bad").exists(),
+        "a refused config wrote output"
+    );
+}
+
+// ---- the daemon ----
+
+fn spec(f: &daemon_common::Fixture, devices: &str, workers: u32, zero1: bool) -> JobSpec {
+    JobSpec {
+        devices: devices.into(),
+        workers,
+        zero1,
+        ..f.spec("dp", 0)
+    }
+}
+
+#[test]
+fn daemon_validation_accepts_device_forms_and_names_the_bad_field() {
+    let f = daemon_common::Fixture::new();
+    let root = f.root.canonicalize().unwrap();
+    for (devices, workers, zero1) in [
+        ("", 0, false),
+        ("cpu", 4, true),
+        ("auto", 2, false),
+        ("cuda", 0, false),
+        ("cuda:1", 1, false),
+        ("cuda:0,1", 2, true),
+        ("cuda:0,cuda:1", 0, true),
+        ("cuda:0..4", 0, true),
+    ] {
+        let s = spec(&f, devices, workers, zero1);
+        validate(&s, &root).unwrap_or_else(|e| panic!("{devices:?} / {workers}: {e}"));
+        let cfg = train_config(&s, &root).unwrap();
+        assert_eq!((cfg.workers, cfg.zero1), (workers as usize, zero1));
+        assert_eq!(cfg.device, if devices.is_empty() { "cpu" } else { devices });
+    }
+    for (devices, workers, field) in [
+        ("tpu", 0, "devices"),
+        ("cuda:x", 0, "devices"),
+        ("cuda:4..2", 0, "devices"),
+        ("cuda:1,1", 0, "devices"),
+        ("cuda:0..2", 3, "workers"),
+        ("cpu", 100_000, "workers"),
+    ] {
+        let e = validate(&spec(&f, devices, workers, false), &root).unwrap_err();
+        assert_eq!(e.field, field, "{devices:?} / {workers}: {e}");
+    }
+}
+
+struct Sink(Vec<RunEvent>);
+
+impl RunSink for Sink {
+    fn event(&mut self, ev: RunEvent) {
+        self.0.push(ev);
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn train_runner_on_a_missing_gpu_fails_with_the_reason() {
+    if gpu() {
+        eprintln!("skipped: a GPU is present, so cuda:0 does not fail here");
+        return;
+    }
+    let f = daemon_common::Fixture::new();
+    let req = RunRequest {
+        job_id: 1,
+        spec: spec(&f, "cuda:0", 0, false),
+        data_root: f.root.canonicalize().unwrap(),
+        attempt: 1,
+    };
+    let mut sink = Sink(Vec::new());
+    let e = TrainRunner.run(&req, &mut sink).unwrap_err();
+    assert!(e.contains("cuda:0"), "{e}");
+    assert!(sink.0.is_empty(), "events before the device was opened");
+}
+
+/// Through the daemon with the real runner: a `cuda:0` job on a machine without a GPU is
+/// accepted (availability is a run-time matter) and ends FAILED with the device's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_marks_a_job_on_a_missing_gpu_failed_with_the_reason() {
+    if gpu() {
+        eprintln!("skipped: a GPU is present, so cuda:0 does not fail here");
+        return;
+    }
+    let f = daemon_common::Fixture::new();
+    let d = daemon_common::TestDaemon::start(f.config(), std::sync::Arc::new(TrainRunner)).await;
+    let mut c = d.client(Some(daemon_common::TOKEN)).await;
+    let job = c
+        .submit_job(spec(&f, "cuda:0", 0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    let job =
+        daemon_common::wait_state(&mut c, job.id, koala_proto::v1::JobState::Failed, 30).await;
+    assert!(
+        job.error.contains("cuda:0") && job.error.contains("unavailable"),
+        "{}",
+        job.error
+    );
+    d.stop().await;
+}
+
+/// The demo's shards (`scripts/demo.sh`: 128-token packed rows, the demo's 2-layer model), when
+/// `KOALA_DP_DEMO_SHARDS` names them: 2 workers (plain and ZeRO-1) against one worker.
+#[test]
+fn demo_shards_two_workers_equal_one_worker() {
+    let Some(shards) = std::env::var_os("KOALA_DP_DEMO_SHARDS") else {
+        eprintln!(
+            "skipped: set KOALA_DP_DEMO_SHARDS to a `koala tokenize` output (out/demo/shards)"
+        );
+        return;
+    };
+    let shards = std::path::PathBuf::from(shards);
+    let manifest = std::fs::read_to_string(shards.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let vocab = m["vocab_size"].as_u64().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("config.json");
+    std::fs::write(
+        &model,
+        format!(
+            r#"{{"vocab_size": {vocab}, "hidden_size": 64, "intermediate_size": 176,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-5, "max_position_embeddings": 128}}"#
+        ),
+    )
+    .unwrap();
+    let cfg = |out: &str, workers: usize, zero1: bool| -> TrainConfig {
+        toml::from_str(&format!(
+            r#"
+            model = {model:?}
+            shards = {shards:?}
+            out_dir = {out:?}
+            preset = "tiny-cpu"
+            max_steps = 6
+            checkpoint_every = 0
+            workers = {workers}
+            zero1 = {zero1}
+            "#,
+            out = d.path().join(out)
+        ))
+        .unwrap()
+    };
+    let one = cfg("one", 1, false);
+    let l1 = train(&one);
+    let w1 = load_dir(&one.out_dir.join("final")).unwrap();
+    for zero1 in [false, true] {
+        let two = cfg(&format!("two-{zero1}"), 2, zero1);
+        let what = format!("demo shards, 2 workers, zero1={zero1}");
+        let l2 = train(&two);
+        eprintln!("{what}: losses {l2:?} vs {l1:?}");
+        assert_losses_close(&what, &l2, &l1);
+        let w2 = load_dir(&two.out_dir.join("final")).unwrap();
+        assert_tensors_close(&what, &w2, &w1, 2e-5);
+    }
+}
