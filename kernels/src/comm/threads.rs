@@ -3,14 +3,73 @@
 //! Each collective is a rendezvous: every rank deposits its buffer in its slot, waits at a barrier,
 //! then reads all slots and reduces them **in rank order** (so every rank computes bit-identical
 //! sums, whatever the thread scheduling), and waits at a second barrier before the slots are reused.
-use std::sync::{Arc, Barrier, Mutex};
+//!
+//! A rank that leaves the group (its handle is dropped: the worker returned early with an error,
+//! or panicked) releases every rank waiting at, or later arriving at, a barrier with an error
+//! naming it, so one failed worker can never hang the others.
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Communicator, ReduceOp, shard_len, shard_range};
 use crate::{CpuBackend, Error, Result};
 
 struct Shared {
     slots: Mutex<Vec<Vec<f32>>>,
-    barrier: Barrier,
+    barrier: Rendezvous,
+}
+
+/// A reusable barrier that fails, instead of blocking forever, once a rank has left.
+struct Rendezvous {
+    world: usize,
+    state: Mutex<BarrierState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct BarrierState {
+    arrived: usize,
+    generation: u64,
+    left: Option<usize>,
+}
+
+impl Rendezvous {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BarrierState> {
+        // Only this module's code holds the lock, and it cannot panic while holding it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn left_error(rank: usize) -> Error {
+        Error::Device(format!(
+            "thread comm: rank {rank} left the group (it failed or panicked) before this collective"
+        ))
+    }
+
+    fn wait(&self) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(r) = st.left {
+            return Err(Self::left_error(r));
+        }
+        st.arrived += 1;
+        if st.arrived == self.world {
+            st.arrived = 0;
+            st.generation += 1;
+            self.cv.notify_all();
+            return Ok(());
+        }
+        let generation = st.generation;
+        while st.generation == generation && st.left.is_none() {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        match st.left {
+            Some(r) if st.generation == generation => Err(Self::left_error(r)),
+            _ => Ok(()),
+        }
+    }
+
+    fn leave(&self, rank: usize) {
+        let mut st = self.lock();
+        st.left.get_or_insert(rank);
+        self.cv.notify_all();
+    }
 }
 
 /// One rank of a thread group; create the group with [`ThreadComm::group`] and move one handle
@@ -27,7 +86,11 @@ impl ThreadComm {
         let world = world.max(1);
         let shared = Arc::new(Shared {
             slots: Mutex::new(vec![Vec::new(); world]),
-            barrier: Barrier::new(world),
+            barrier: Rendezvous {
+                world,
+                state: Mutex::new(BarrierState::default()),
+                cv: Condvar::new(),
+            },
         });
         (0..world)
             .map(|rank| ThreadComm {
@@ -48,7 +111,7 @@ impl ThreadComm {
                 .map_err(|_| Error::Device("thread comm: poisoned".into()))?;
             slots[self.rank] = data;
         }
-        self.shared.barrier.wait();
+        self.shared.barrier.wait()?;
         let out = {
             let slots = self
                 .shared
@@ -58,7 +121,7 @@ impl ThreadComm {
             let lens: Vec<usize> = slots.iter().map(Vec::len).collect();
             if lens.iter().any(|&l| l != lens[0]) {
                 drop(slots);
-                self.shared.barrier.wait();
+                self.shared.barrier.wait()?;
                 return Err(Error::Shape {
                     op: "collective",
                     detail: format!("ranks passed different lengths {lens:?}"),
@@ -66,8 +129,16 @@ impl ThreadComm {
             }
             f(&slots)
         };
-        self.shared.barrier.wait();
+        self.shared.barrier.wait()?;
         Ok(out)
+    }
+}
+
+impl Drop for ThreadComm {
+    fn drop(&mut self) {
+        // After the last collective nobody waits any more, so this only matters for a rank that
+        // stops early; the others then get an error instead of waiting for it forever.
+        self.shared.barrier.leave(self.rank);
     }
 }
 
@@ -235,5 +306,51 @@ mod tests {
             c.all_reduce(&be, &mut a, ReduceOp::Sum).is_err()
         });
         assert_eq!(outs, vec![true, true]);
+    }
+
+    #[test]
+    fn a_rank_that_leaves_or_panics_releases_the_others_with_an_error() {
+        let be = CpuBackend::new();
+        // Rank 1 returns before the collective (as a worker whose step failed would).
+        let outs = run(3, |c| {
+            if c.rank() == 1 {
+                return None;
+            }
+            let mut a = vec![1.0; 4];
+            Some(
+                c.all_reduce(&be, &mut a, ReduceOp::Sum)
+                    .map_err(|e| e.to_string()),
+            )
+        });
+        for (rank, o) in outs.iter().enumerate() {
+            if rank == 1 {
+                continue;
+            }
+            let err = o.as_ref().unwrap().as_ref().unwrap_err();
+            assert!(err.contains("rank 1 left the group"), "{err}");
+        }
+        // Rank 0 panics after one good collective; rank 1 is released from the next one.
+        let comms = ThreadComm::group(2);
+        let results: Vec<std::thread::Result<Result<()>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let be = &be;
+                    s.spawn(move || {
+                        let mut a = vec![1.0; 3];
+                        c.all_reduce(be, &mut a, ReduceOp::Sum)?;
+                        assert_eq!(a, vec![2.0; 3]);
+                        if c.rank() == 0 {
+                            panic!("worker 0 fails mid-step");
+                        }
+                        c.all_reduce(be, &mut a, ReduceOp::Sum)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join()).collect()
+        });
+        assert!(results[0].is_err(), "rank 0 panicked");
+        let err = results[1].as_ref().unwrap().as_ref().unwrap_err();
+        assert!(err.to_string().contains("rank 0 left the group"), "{err}");
     }
 }
