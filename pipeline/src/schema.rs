@@ -178,6 +178,58 @@ pub fn conversation_schema() -> Schema {
     ])
 }
 
+/// The `turns` column from flat per-turn fields and the number of turns of each row (in order):
+/// one struct array of all turns and one list array over it, with no per-row allocation.
+pub(crate) fn turns_series(
+    roles: Vec<&str>,
+    texts: Vec<&str>,
+    prefs: Vec<&str>,
+    row_lens: &[usize],
+) -> Result<Series> {
+    let n = texts.len();
+    let fields = [
+        Series::new(col::ROLE.into(), roles),
+        Series::new(col::TEXT.into(), texts),
+        Series::new(col::PREFERENCE.into(), prefs),
+    ];
+    let all = StructChunked::from_series(col::TURNS.into(), n, fields.iter())?
+        .into_series()
+        .rechunk();
+    let bad = |m: String| Error::Invariant(format!("turns column: {m}"));
+    let mut offsets: Vec<i64> = Vec::with_capacity(row_lens.len() + 1);
+    let mut off = 0i64;
+    offsets.push(0);
+    for &len in row_lens {
+        off += len as i64;
+        offsets.push(off);
+    }
+    if off as usize != n {
+        return Err(bad(format!("row lengths add up to {off}, {n} turns given")));
+    }
+    let values = all
+        .chunks()
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("no struct chunk".into()))?;
+    let offsets = polars_arrow::offset::OffsetsBuffer::<i64>::try_from(offsets)
+        .map_err(|e| bad(e.to_string()))?;
+    let arrow_dtype =
+        polars_arrow::array::ListArray::<i64>::default_datatype(values.dtype().clone());
+    let arr = polars_arrow::array::ListArray::<i64>::try_new(arrow_dtype, offsets, values, None)
+        .map_err(|e| bad(e.to_string()))?;
+    let dtype = DataType::List(Box::new(all.dtype().clone()));
+    // SAFETY: the list's values are the only chunk of `all`, whose dtype is the inner dtype.
+    let list = unsafe {
+        ListChunked::from_chunks_and_dtype(col::TURNS.into(), vec![Box::new(arr)], dtype)
+    };
+    let want = DataType::List(Box::new(turn_dtype()));
+    let mut s = list.into_series();
+    if s.dtype() != &want {
+        s = s.cast(&want)?;
+    }
+    Ok(s)
+}
+
 /// Builds the conversation table from Rust values, in the given order.
 pub fn to_dataframe(convs: &[Conversation]) -> Result<DataFrame> {
     let n_turns: usize = convs.iter().map(|c| c.turns.len()).sum();
@@ -189,24 +241,8 @@ pub fn to_dataframe(convs: &[Conversation]) -> Result<DataFrame> {
         texts.push(t.text.as_str());
         prefs.push(t.preference.as_str());
     }
-    let fields = [
-        Series::new(col::ROLE.into(), roles),
-        Series::new(col::TEXT.into(), texts),
-        Series::new(col::PREFERENCE.into(), prefs),
-    ];
-    let all_turns =
-        StructChunked::from_series(col::TURNS.into(), n_turns, fields.iter())?.into_series();
-    let mut offset = 0usize;
-    let mut lists: Vec<Series> = Vec::with_capacity(convs.len());
-    for c in convs {
-        lists.push(all_turns.slice(offset as i64, c.turns.len()));
-        offset += c.turns.len();
-    }
-    let mut turns = Series::new(col::TURNS.into(), lists);
-    if turns.dtype() != &DataType::List(Box::new(turn_dtype())) {
-        // An empty input gives a list of nulls; cast it to the documented type.
-        turns = turns.cast(&DataType::List(Box::new(turn_dtype())))?;
-    }
+    let lens: Vec<usize> = convs.iter().map(|c| c.turns.len()).collect();
+    let turns = turns_series(roles, texts, prefs, &lens)?;
     let df = DataFrame::new_infer_height(vec![
         Column::new(
             col::ID.into(),

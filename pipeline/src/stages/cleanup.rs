@@ -128,12 +128,52 @@ pub fn find_keyword<'k>(keywords: &'k [String], text: &str) -> Option<&'k str> {
         .map(|k| k.as_str())
 }
 
+/// Finds origin keywords in one pass over the text. ASCII keywords (Koala's list) are matched
+/// ASCII-case-insensitively by Aho-Corasick without lowercasing the text; a list with a non-ASCII
+/// keyword falls back to [`find_keyword`] (Unicode lowercase, then substring search). The two agree
+/// except on the few non-ASCII letters whose Unicode lowercase is ASCII (the Kelvin sign).
+struct KeywordMatcher {
+    keywords: Vec<String>,
+    ac: Option<aho_corasick::AhoCorasick>,
+}
+
+impl KeywordMatcher {
+    fn new(keywords: &[String]) -> Self {
+        let ac = if keywords.iter().all(|k| k.is_ascii()) && !keywords.is_empty() {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(keywords)
+                .ok()
+        } else {
+            None
+        };
+        KeywordMatcher {
+            keywords: keywords.to_vec(),
+            ac,
+        }
+    }
+
+    /// The first keyword *of the list* found in `text` (as [`find_keyword`]).
+    fn find(&self, text: &str) -> Option<&str> {
+        match &self.ac {
+            Some(ac) => ac
+                .find_overlapping_iter(text)
+                .map(|m| m.pattern().as_usize())
+                .min()
+                .map(|i| self.keywords[i].as_str()),
+            None if self.keywords.is_empty() => None,
+            None => find_keyword(&self.keywords, text),
+        }
+    }
+}
+
 /// One cleaned row: the kept inner turn positions (with new text where it changed), and the verdict.
 type Cleaned = (Vec<(usize, Option<String>)>, Verdict);
 
 /// The cleanup stage.
 pub struct Cleanup {
     config: CleanupConfig,
+    keywords: KeywordMatcher,
 }
 
 impl Cleanup {
@@ -142,7 +182,8 @@ impl Cleanup {
         for k in &mut config.origin_keywords {
             *k = k.to_lowercase();
         }
-        Cleanup { config }
+        let keywords = KeywordMatcher::new(&config.origin_keywords);
+        Cleanup { config, keywords }
     }
 
     /// Cleans one conversation: the kept inner positions (with rewritten text where it changed)
@@ -164,8 +205,7 @@ impl Cleanup {
                         new = Some(strip_copy_code(cur));
                     }
                 }
-                if let Some(kw) = find_keyword(&c.origin_keywords, new.as_deref().unwrap_or(t.text))
-                {
+                if let Some(kw) = self.keywords.find(new.as_deref().unwrap_or(t.text)) {
                     let d = details(&[
                         ("keyword", kw.into()),
                         ("turn", (turn_idx as u64).into()),
@@ -285,6 +325,33 @@ mod tests {
             md,
             "Reverse it:\n\n```python\nxs = [1]\nxs.reverse()\n```\n\nDone."
         );
+    }
+
+    #[test]
+    fn keyword_matcher_agrees_with_lowercase_search() {
+        let kws: Vec<String> = KOALA_ORIGIN_KEYWORDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let m = KeywordMatcher::new(&kws);
+        assert!(m.ac.is_some());
+        for text in [
+            "I was trained by OpenAI.",
+            "as a large language model (ChatGPT), I",
+            "GPT-3 and Open AI",
+            "built on gpt3 by open-ai",
+            "chat-GPT and ChadGPT",
+            "no origin here",
+            "straße OPEN AI ünïcödé",
+            "",
+        ] {
+            assert_eq!(m.find(text), find_keyword(&kws, text), "{text}");
+        }
+        // The first keyword of the list wins, not the leftmost match.
+        assert_eq!(m.find("gpt-3 ... openai"), Some("openai"));
+        let unicode = KeywordMatcher::new(&["über-ki".to_string()]);
+        assert!(unicode.ac.is_none());
+        assert_eq!(unicode.find("Die ÜBER-KI sagt"), Some("über-ki"));
     }
 
     #[test]

@@ -36,6 +36,8 @@ use serde_json::{Map, Value};
 
 use super::markers::MarkersConfig;
 use super::mixture::MIX_SPLIT;
+use rayon::prelude::*;
+
 use super::view::{TurnRef, TurnsView};
 use crate::error::{Error, Result};
 use crate::schema::col;
@@ -159,19 +161,35 @@ pub fn write_jsonl(
         }
         let path = dir.join(format!("{which}.jsonl"));
         let mut w = create(&path)?;
-        for &i in &rows {
-            let turns: Vec<TurnRef> = view.turns(i).collect();
-            let ex = koala_example(
-                ids.get(i).unwrap_or(""),
-                sources.get(i).unwrap_or(""),
-                &turns,
-                m,
-            );
-            serde_json::to_writer(&mut w, &Value::Object(ex))?;
-            w.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
-            if which == "eval" && eval_prompts && !turns.iter().any(|t| t.preference == "negative")
-            {
-                for (p, t) in eval_pairs(&turns, m) {
+        // Lines are rendered in parallel, a block of rows at a time, and written in order.
+        for block in rows.chunks(8192) {
+            let rendered: Vec<Result<(Vec<u8>, Vec<(String, String)>)>> = block
+                .par_iter()
+                .map(|&i| {
+                    let turns: Vec<TurnRef> = view.turns(i).collect();
+                    let ex = koala_example(
+                        ids.get(i).unwrap_or(""),
+                        sources.get(i).unwrap_or(""),
+                        &turns,
+                        m,
+                    );
+                    let mut line = serde_json::to_vec(&Value::Object(ex))?;
+                    line.push(b'\n');
+                    let prompts = if which == "eval"
+                        && eval_prompts
+                        && !turns.iter().any(|t| t.preference == "negative")
+                    {
+                        eval_pairs(&turns, m)
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((line, prompts))
+                })
+                .collect();
+            for r in rendered {
+                let (line, prompts) = r?;
+                w.write_all(&line).map_err(|e| Error::io(&path, e))?;
+                for (p, t) in prompts {
                     prompts_prefix.push(p);
                     prompts_text.push(t);
                 }

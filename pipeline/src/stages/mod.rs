@@ -176,16 +176,29 @@ fn counts_by(df: &DataFrame, key: &str) -> Result<BTreeMap<String, u64>> {
 /// every stage's `total`, `kept` and `dropped_{reason}` are computed.
 pub fn split(stage: &str, annotated: DataFrame) -> Result<StageOutput> {
     let total_by_source = counts_by(&annotated, col::SOURCE)?;
-    let lf = annotated.lazy();
-    let kept = lf
-        .clone()
-        .filter(col(REASON).is_null())
-        .drop(cols([REASON, DETAILS]))
-        .collect()?;
-    let dropped = lf
-        .filter(col(REASON).is_not_null())
-        .with_column(lit(stage).alias(STAGE))
-        .collect()?;
+    // A stage that drops nothing (markers, mixture, often most rows of the others) needs no
+    // filter over the whole table.
+    let none_dropped = annotated.column(REASON)?.null_count() == annotated.height();
+    let (kept, dropped) = if none_dropped {
+        let dropped = annotated
+            .head(Some(0))
+            .lazy()
+            .with_column(lit(stage).alias(STAGE))
+            .collect()?;
+        (annotated.drop_many([REASON, DETAILS]), dropped)
+    } else {
+        let lf = annotated.lazy();
+        let kept = lf
+            .clone()
+            .filter(col(REASON).is_null())
+            .drop(cols([REASON, DETAILS]))
+            .collect()?;
+        let dropped = lf
+            .filter(col(REASON).is_not_null())
+            .with_column(lit(stage).alias(STAGE))
+            .collect()?;
+        (kept, dropped)
+    };
     let stats = StageStats {
         stage: stage.to_string(),
         total: total_by_source.values().sum(),

@@ -79,6 +79,9 @@ pub fn curate(
     cfg.validate()?;
     let rows_in = input.height() as u64;
     let mut df = input;
+    // One chunk per column up front: every stage then views `turns` in place (no copy), and
+    // the row filters between stages keep single chunks.
+    df.rechunk_mut_par();
     let mut dropped = empty_dropped()?;
     let mut stats = Vec::new();
     let mut timings = Vec::new();
@@ -162,25 +165,37 @@ fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 /// `composition.svg` into `dir`, and re-checks the invariant on the files written.
 pub fn write_outputs(cfg: &CurateConfig, out: &mut CurateOutput, dir: &Path) -> Result<Report> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_parquet(&mut out.kept, &dir.join("kept.parquet"))?;
-    write_parquet(&mut out.dropped, &dir.join("dropped.parquet"))?;
-    let export = if cfg.export.jsonl {
-        Some(super::export::write_jsonl(
-            &out.kept,
-            &cfg.markers,
-            cfg.seed,
-            cfg.export.shuffle,
-            cfg.export.eval_prompts,
-            dir,
-        )?)
-    } else {
-        None
-    };
-    // Read back what was written: the files, not the memory, must satisfy the invariant.
+    // The Parquet files and the JSONL export are independent: write them side by side. (The
+    // writer wants `&mut`; a DataFrame clone shares its columns, so this copies no data.)
+    let mut kept = out.kept.clone();
+    let dropped = &mut out.dropped;
+    let (parquet, export) = rayon::join(
+        || -> Result<()> {
+            write_parquet(dropped, &dir.join("dropped.parquet"))?;
+            write_parquet(&mut kept, &dir.join("kept.parquet"))
+        },
+        || -> Result<Option<super::export::ExportCounts>> {
+            if !cfg.export.jsonl {
+                return Ok(None);
+            }
+            Ok(Some(super::export::write_jsonl(
+                &out.kept,
+                &cfg.markers,
+                cfg.seed,
+                cfg.export.shuffle,
+                cfg.export.eval_prompts,
+                dir,
+            )?))
+        },
+    );
+    parquet?;
+    let export = export?;
+    // Read back the row counts of what was written (from the Parquet footers): the files, not
+    // the memory, must satisfy the invariant.
     let count = |name: &str| -> Result<u64> {
         let path = dir.join(name);
         let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(ParquetReader::new(f).finish()?.height() as u64)
+        Ok(ParquetReader::new(f).num_rows()? as u64)
     };
     let (k, d) = (count("kept.parquet")?, count("dropped.parquet")?);
     if k + d != out.rows_in {

@@ -23,39 +23,47 @@ pub struct TurnsView {
 }
 
 impl TurnsView {
-    /// Flattens the `turns` column of `df`.
+    /// Views the `turns` column of `df` without copying any text: the list column is brought
+    /// to one chunk (a no-op for a table that already is, as [`crate::stages::run::curate`]
+    /// makes it) and its inner struct fields are used in place, at the list's own offsets.
     pub fn new(df: &DataFrame) -> Result<Self> {
         let list = df.column(col::TURNS)?.list()?.rechunk();
         let mut offsets = Vec::with_capacity(list.len() + 1);
-        let mut pos = 0usize;
-        offsets.push(0);
-        // Inner values are re-materialised in row order, so that offsets are dense and sliced
-        // or multi-chunk inputs are handled alike.
-        let exploded = list.explode(ExplodeOptions {
-            empty_as_null: false,
-            keep_nulls: false,
-        })?;
         for arr in list.downcast_iter() {
-            for w in arr.offsets().buffer().windows(2) {
-                pos += (w[1] - w[0]) as usize;
-                offsets.push(pos);
-            }
+            offsets.extend(arr.offsets().buffer().iter().map(|&o| o as usize));
         }
-        if exploded.len() != pos {
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        if offsets.len() != list.len() + 1 {
             return Err(Error::Invariant(format!(
-                "turns column: {pos} turns by list lengths, {} after explode",
-                exploded.len()
+                "turns column: {} offsets for {} rows",
+                offsets.len(),
+                list.len()
             )));
         }
-        let st = exploded.struct_()?;
+        let inner = list.get_inner();
+        let st = inner.struct_()?;
         let field = |name: &str| -> Result<StringChunked> {
             Ok(st.field_by_name(name)?.str()?.rechunk().into_owned())
         };
+        let (roles, texts, prefs) = (
+            field(col::ROLE)?,
+            field(col::TEXT)?,
+            field(col::PREFERENCE)?,
+        );
+        let end = offsets[offsets.len() - 1];
+        if roles.len() < end || texts.len() < end || prefs.len() < end {
+            return Err(Error::Invariant(format!(
+                "turns column: offsets reach {end}, the turn fields hold {}",
+                texts.len()
+            )));
+        }
         Ok(TurnsView {
             offsets,
-            roles: field(col::ROLE)?,
-            texts: field(col::TEXT)?,
-            prefs: field(col::PREFERENCE)?,
+            roles,
+            texts,
+            prefs,
         })
     }
 
@@ -71,7 +79,7 @@ impl TurnsView {
 
     /// Total number of turns.
     pub fn n_turns(&self) -> usize {
-        self.offsets[self.offsets.len() - 1]
+        self.offsets[self.offsets.len() - 1] - self.offsets[0]
     }
 
     /// The inner positions of row `i`.
@@ -108,23 +116,8 @@ impl TurnsView {
                 prefs.push(t.preference);
             }
         }
-        let fields = [
-            Series::new(col::ROLE.into(), roles),
-            Series::new(col::TEXT.into(), texts),
-            Series::new(col::PREFERENCE.into(), prefs),
-        ];
-        let all = StructChunked::from_series(col::TURNS.into(), n, fields.iter())?.into_series();
-        let mut off = 0usize;
-        let mut lists: Vec<Series> = Vec::with_capacity(rows.len());
-        for row in rows {
-            lists.push(all.slice(off as i64, row.len()));
-            off += row.len();
-        }
-        let dtype = DataType::List(Box::new(crate::schema::turn_dtype()));
-        let mut s = Series::new(col::TURNS.into(), lists);
-        if s.dtype() != &dtype {
-            s = s.cast(&dtype)?;
-        }
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let s = crate::schema::turns_series(roles, texts, prefs, &lens)?;
         Ok(s.into_column())
     }
 }
