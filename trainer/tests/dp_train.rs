@@ -408,7 +408,7 @@ fn train_runner_on_a_missing_gpu_fails_with_the_reason() {
         attempt: 1,
     };
     let mut sink = Sink(Vec::new());
-    let e = TrainRunner.run(&req, &mut sink).unwrap_err();
+    let e = TrainRunner::default().run(&req, &mut sink).unwrap_err();
     assert!(e.contains("cuda:0"), "{e}");
     assert!(sink.0.is_empty(), "events before the device was opened");
 }
@@ -422,7 +422,9 @@ async fn daemon_marks_a_job_on_a_missing_gpu_failed_with_the_reason() {
         return;
     }
     let f = daemon_common::Fixture::new();
-    let d = daemon_common::TestDaemon::start(f.config(), std::sync::Arc::new(TrainRunner)).await;
+    let d =
+        daemon_common::TestDaemon::start(f.config(), std::sync::Arc::new(TrainRunner::default()))
+            .await;
     let mut c = d.client(Some(daemon_common::TOKEN)).await;
     let job = c
         .submit_job(spec(&f, "cuda:0", 0, true))

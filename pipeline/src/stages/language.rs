@@ -70,6 +70,10 @@ pub struct LanguageConfig {
     /// A unit whose detection whatlang itself calls unreliable is judged again together with
     /// the rest of the conversation (as short text is).
     pub unreliable_in_context: bool,
+    /// The conversation context used for short or unreliable units is cut to this many bytes
+    /// (at a character boundary): whatlang's verdict settles within a few hundred characters,
+    /// and its cost grows with the text (a long ShareGPT chat is tens of KB). 0 = no cut.
+    pub context_bytes: usize,
 }
 
 impl Default for LanguageConfig {
@@ -83,6 +87,7 @@ impl Default for LanguageConfig {
             min_chars: 25,
             undetected: Undetected::Keep,
             unreliable_in_context: true,
+            context_bytes: 4096,
         }
     }
 }
@@ -136,7 +141,30 @@ impl LanguageFilter {
     ) -> (Verdict, Option<(&'static str, f64)>) {
         let turns: Vec<(&str, &str)> = turns.collect();
         let min = self.config.min_chars;
-        let whole = || turns.iter().map(|t| t.1).collect::<Vec<_>>().join("\n");
+        let cap = match self.config.context_bytes {
+            0 => usize::MAX,
+            n => n,
+        };
+        let whole = || {
+            let mut s = String::new();
+            for (i, t) in turns.iter().enumerate() {
+                if s.len() >= cap {
+                    break;
+                }
+                if i > 0 {
+                    s.push('\n');
+                }
+                s.push_str(t.1);
+            }
+            if s.len() > cap {
+                let mut end = cap;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+            s
+        };
         // A unit that whatlang cannot judge reliably is judged with the whole conversation.
         let in_context = |text: &str| -> Option<(&'static str, f64)> {
             match detect_full(text) {
@@ -290,6 +318,38 @@ mod tests {
             ),
         ];
         assert_eq!(reason(&filt.judge(turns.into_iter()).0), None);
+    }
+
+    #[test]
+    fn context_is_cut_at_context_bytes() {
+        // A short user turn, then English, then a long Russian reply: the first 4 KB of the
+        // conversation are English (Latin script); the whole of it is mostly Cyrillic.
+        let ru =
+            "Объясни мне, пожалуйста, как работает фотосинтез у зелёных растений. ".repeat(200);
+        let en = EN.repeat(40);
+        let turns = [
+            ("user", "ok thanks"),
+            ("assistant", en.as_str()),
+            ("user", "ok"),
+            ("assistant", ru.as_str()),
+        ];
+        let cut = f(Policy::UserTurns);
+        assert_eq!(cut.config.context_bytes, 4096);
+        assert_eq!(reason(&cut.judge(turns.into_iter()).0), None);
+        let whole = LanguageFilter::new(LanguageConfig {
+            context_bytes: 0,
+            ..LanguageConfig::default()
+        })
+        .unwrap();
+        assert_eq!(reason(&whole.judge(turns.into_iter()).0), Some("language"));
+        // A cut inside a multi-byte character stays on a boundary.
+        let umlauts = "ü".repeat(3000);
+        let tiny = LanguageFilter::new(LanguageConfig {
+            context_bytes: 7,
+            ..LanguageConfig::default()
+        })
+        .unwrap();
+        let _ = tiny.judge([("user", "ok"), ("assistant", umlauts.as_str())].into_iter());
     }
 
     #[test]

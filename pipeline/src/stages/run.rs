@@ -78,10 +78,9 @@ pub fn curate(
     validate(&input)?;
     cfg.validate()?;
     let rows_in = input.height() as u64;
+    // (`select` sorts the table into one chunk per column; every later stage then views
+    // `turns` in place, and the row filters between stages keep single chunks.)
     let mut df = input;
-    // One chunk per column up front: every stage then views `turns` in place (no copy), and
-    // the row filters between stages keep single chunks.
-    df.rechunk_mut_par();
     let mut dropped = empty_dropped()?;
     let mut stats = Vec::new();
     let mut timings = Vec::new();

@@ -18,10 +18,11 @@ pub fn run_daemon(config: &Path) -> Result<()> {
         .map_err(|e| DaemonError::Server(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
         let tls = cfg.tls.is_some();
+        let runner = Arc::new(TrainRunner::with_nice(cfg.training_nice));
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = server::serve(
             cfg,
-            Arc::new(TrainRunner),
+            runner,
             move |addr| {
                 use std::io::Write;
                 let mut out = std::io::stdout();

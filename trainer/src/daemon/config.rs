@@ -7,6 +7,7 @@
 //! token_file = "/etc/koala/token"  # the bearer token clients must send
 //! max_queued_jobs = 100
 //! max_message_bytes = 1048576
+//! training_nice = 10               # nice value of training threads (0 = same as the RPC threads)
 //! [tls]                            # optional: serve TLS (rustls)
 //! cert = "server.pem"
 //! key = "server.key"
@@ -37,6 +38,11 @@ pub struct DaemonConfig {
     /// Largest accepted request message in bytes (default 1 MiB).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Scheduling priority (Unix nice, 0–19) of the threads that train, so that RPCs keep their
+    /// latency while a job uses every core (default 10). An idle machine gives training the
+    /// same throughput at any value; 0 turns this off.
+    #[serde(default = "default_training_nice")]
+    pub training_nice: i32,
     /// Serve TLS with this certificate and key (PEM).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -55,6 +61,9 @@ fn default_listen() -> String {
 }
 fn default_max_queued() -> u32 {
     100
+}
+fn default_training_nice() -> i32 {
+    10
 }
 fn default_max_message() -> usize {
     1 << 20
@@ -94,6 +103,12 @@ impl DaemonConfig {
             return Err(DaemonError::Config(
                 "max_queued_jobs must be at least 1".into(),
             ));
+        }
+        if !(0..=19).contains(&cfg.training_nice) {
+            return Err(DaemonError::Config(format!(
+                "training_nice must be between 0 and 19, not {}",
+                cfg.training_nice
+            )));
         }
         if cfg.max_message_bytes < 4096 {
             return Err(DaemonError::Config(
@@ -142,7 +157,14 @@ mod tests {
         assert_eq!(cfg.state_dir, Path::new("/abs/state"));
         assert_eq!(cfg.token_file, Path::new("/etc/koala/tok"));
         assert_eq!(cfg.max_queued_jobs, 100);
+        assert_eq!(cfg.training_nice, 10);
         assert!(cfg.tls.is_none());
+        let err = DaemonConfig::parse(
+            "data_root = \"d\"\nstate_dir = \"s\"\ntoken_file = \"t\"\ntraining_nice = 25\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("training_nice"), "{err}");
     }
 
     #[test]

@@ -13,11 +13,50 @@ pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100;
 
 /// Trains with [`crate::train::run`] on the calling thread.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct TrainRunner;
+pub struct TrainRunner {
+    /// Nice value for the training threads (see [`super::config::DaemonConfig::training_nice`]).
+    pub nice: i32,
+}
+
+impl TrainRunner {
+    /// A runner whose training threads run at Unix nice value `nice` (0: unchanged).
+    pub fn with_nice(nice: i32) -> Self {
+        TrainRunner { nice }
+    }
+}
+
+/// Lowers the scheduling priority of the calling thread to `nice` (Linux: nice is per thread,
+/// and threads it spawns inherit it). Failures (a sandbox that forbids it) are logged only.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::warn!(
+                nice,
+                "cannot lower the training threads' priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
 
 impl Runner for TrainRunner {
     fn run(&self, req: &RunRequest, sink: &mut dyn RunSink) -> Result<RunOutcome, String> {
         let cfg = train_config(&req.spec, &req.data_root).map_err(|e| e.to_string())?;
+        if self.nice > 0 {
+            // This job thread, the pools it starts (data-parallel workers), and rayon's global
+            // pool (the single CPU worker's ops), which serves nothing but training here.
+            lower_thread_priority(self.nice);
+            let nice = self.nice;
+            rayon::broadcast(|_| lower_thread_priority(nice));
+        }
         let mut obs = SinkObserver { sink };
         match crate::train::run(&cfg, &mut obs) {
             Ok(crate::RunOutcome::Finished) => Ok(RunOutcome::Finished),

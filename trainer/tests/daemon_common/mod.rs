@@ -112,6 +112,7 @@ impl Fixture {
             token_file: self.token_file.clone(),
             max_queued_jobs: 100,
             max_message_bytes: 64 * 1024,
+            training_nice: 0,
             tls: None,
         }
     }
