@@ -1,7 +1,8 @@
 //! Whole-pipeline bench: the Koala-scale synthetic corpus (`koala synth --scale koala`) through
 //! the full `koala-all` preset (no leakage filter), time per stage and rows/s, peak RSS; plus a
 //! baseline on the same input: a straightforward row-by-row dedup (HashSet of normalised
-//! queries) and language filter (whatlang per row), and the pipeline's speed as a ratio to it.
+//! queries) and language filter (the stage's own rule, `LanguageFilter::judge`, per row on one
+//! thread), and the pipeline's speed as a ratio to it.
 //!
 //! `cargo bench --bench curate` (set `KOALA_BENCH_DATA=DIR` to reuse a corpus; it is generated
 //! with the built `koala` binary otherwise). Goal: < 30 s and < 6 GB peak RSS on 2 cores.
@@ -14,6 +15,7 @@ use koala_pipeline::schema::from_dataframe;
 use koala_pipeline::sources::{LoadOptions, load_dir};
 use koala_pipeline::stages::config::CurateConfig;
 use koala_pipeline::stages::dedup::normalize_query;
+use koala_pipeline::stages::language::LanguageFilter;
 use koala_pipeline::stages::run::{curate, write_outputs};
 
 fn peak_rss_mib() -> f64 {
@@ -94,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     let t_b = Instant::now();
     let convs = from_dataframe(&table)?;
     let convert_s = t_b.elapsed().as_secs_f64();
+    let lang = LanguageFilter::new(cfg.language.clone())?;
     let t_b2 = Instant::now();
     let mut seen: HashSet<String> = HashSet::new();
     let (mut dup, mut non_en) = (0usize, 0usize);
@@ -107,15 +110,10 @@ fn main() -> anyhow::Result<()> {
             dup += 1;
             continue;
         }
-        let users: Vec<&str> = c
-            .turns
-            .iter()
-            .filter(|t| t.role.as_str() == "user")
-            .map(|t| t.text.as_str())
-            .collect();
-        if let Some(info) = whatlang::detect(&users.join("\n"))
-            && info.lang() != whatlang::Lang::Eng
-        {
+        // The same language rule as the stage (policy, short and unreliable text judged in
+        // context), applied row by row.
+        let (verdict, _) = lang.judge(c.turns.iter().map(|t| (t.role.as_str(), t.text.as_str())));
+        if verdict.is_some() {
             non_en += 1;
         }
     }
@@ -127,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         .map(|(_, d)| d.as_secs_f64())
         .sum();
     println!(
-        "\nbaseline (HashSet dedup + per-row whatlang): {base_s:.3} s (+ {convert_s:.3} s to read the \
+        "\nbaseline (row by row, one thread: HashSet dedup + the stage's language rule per row): {base_s:.3} s (+ {convert_s:.3} s to read the \
          table into Rust values); {dup} duplicates, {non_en} non-English"
     );
     println!(

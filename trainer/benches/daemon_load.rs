@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo bench -p koala-trainer --bench daemon_load
 //! # knobs: KOALA_BENCH_CALLS (1000), KOALA_BENCH_STEPS (30), KOALA_BENCH_CHANNELS (8),
+//! #        KOALA_BENCH_PAGE (ListJobs page size, 50), KOALA_BENCH_NICE (training_nice, 10),
 //! #        KOALA_TRAINERD (path of the daemon binary; default: the one cargo built)
 //! ```
 use std::io::{BufRead, BufReader};
@@ -127,7 +128,7 @@ async fn step_times(c: &mut Client, id: u64, window: Option<(i64, i64)>) -> Vec<
 
 /// One wave: `n` calls launched at once (alternating GetJob and ListJobs), spread over the
 /// channels; returns per-call latencies in ms.
-async fn wave(clients: &[Client], n: usize, job: u64) -> Vec<f64> {
+async fn wave(clients: &[Client], n: usize, job: u64, page: u32) -> Vec<f64> {
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let mut c = clients[i % clients.len()].clone();
@@ -140,7 +141,7 @@ async fn wave(clients: &[Client], n: usize, job: u64) -> Vec<f64> {
                     .unwrap();
             } else {
                 c.list_jobs(ListJobsRequest {
-                    page_size: 50,
+                    page_size: page,
                     ..Default::default()
                 })
                 .await
@@ -171,6 +172,8 @@ async fn bench() {
     let calls = env_num("KOALA_BENCH_CALLS", 1000);
     let steps = env_num("KOALA_BENCH_STEPS", 30) as u64;
     let n_channels = env_num("KOALA_BENCH_CHANNELS", 8).max(1);
+    let page = env_num("KOALA_BENCH_PAGE", 50) as u32;
+    let nice = env_num("KOALA_BENCH_NICE", 10);
     let bin = std::env::var("KOALA_TRAINERD")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_koala-trainerd").to_string());
 
@@ -183,7 +186,7 @@ async fn bench() {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\n",
+            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\ntraining_nice = {nice}\n",
             dir.path().join("state")
         ),
     )
@@ -266,7 +269,7 @@ async fn bench() {
             break;
         }
         let t = Instant::now();
-        let lat = wave(&clients, calls, b.id).await;
+        let lat = wave(&clients, calls, b.id, page).await;
         wave_ms.push(t.elapsed().as_secs_f64() * 1e3);
         if waves == 0 {
             first_wave = lat.clone();
@@ -281,7 +284,7 @@ async fn bench() {
     // Phase C: the same waves with nothing training.
     let mut idle_lat = Vec::new();
     for _ in 0..waves.clamp(1, 5) {
-        idle_lat.extend(wave(&clients, calls, b.id).await);
+        idle_lat.extend(wave(&clients, calls, b.id, page).await);
     }
 
     let cores = std::thread::available_parallelism()
@@ -313,7 +316,7 @@ async fn bench() {
         }
     );
     let report = serde_json::json!({
-        "calls_per_wave": calls, "channels": n_channels, "waves": waves, "cores": cores,
+        "calls_per_wave": calls, "channels": n_channels, "list_page": page, "training_nice": nice, "waves": waves, "cores": cores,
         "loadavg": load.trim(), "first_wave": s_first, "training": s_loaded, "idle": s_idle,
         "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
         "step_slowdown": slowdown,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use koala_proto::v1::trainer_service_server::TrainerServiceServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -92,8 +93,18 @@ pub async fn serve_on(
         .add_service(InterceptedService::new(reflection_alpha, auth.clone()))
         .add_service(InterceptedService::new(trainer, auth));
     on_ready();
+    // Small gRPC responses must not wait for Nagle's algorithm (tonic sets TCP_NODELAY only on
+    // listeners it binds itself): with it, a reply can sit ~40 ms behind a delayed ACK.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn
+            && let Err(e) = c.set_nodelay(true)
+        {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+        conn
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| DaemonError::Server(e.to_string()))
 }
