@@ -18,6 +18,10 @@ use koala_pipeline::stages::dedup::normalize_query;
 use koala_pipeline::stages::language::LanguageFilter;
 use koala_pipeline::stages::run::{curate, write_outputs};
 
+/// The same allocator as the `koala` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

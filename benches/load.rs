@@ -20,6 +20,10 @@ use std::time::Instant;
 use koala_pipeline::sources::{self, LoadOptions};
 use koala_pipeline::synth::{self, Scale, SynthOptions};
 
+/// The same allocator as the `koala` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn vm_hwm_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status

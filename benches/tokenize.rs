@@ -25,6 +25,10 @@ use koala_pipeline::tokenize::pack::{Mode, layout};
 use koala_pipeline::tokenize::run::{Report, encode_all, render_all};
 use koala_pipeline::tokenize::{Encoded, Side, Tok, train::train_byte_level_bpe};
 
+/// The same allocator as the `koala` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -201,6 +205,13 @@ fn main() {
         );
         (format!("generated ({n} conversations)"), corpus(n))
     };
+    // KOALA_BENCH_LIMIT: only the first N conversations (a quicker run; rates are per token).
+    let mut convs = convs;
+    if let Ok(limit) = std::env::var("KOALA_BENCH_LIMIT")
+        && let Ok(limit) = limit.parse::<usize>()
+    {
+        convs.truncate(limit);
+    }
     let n = convs.len();
     let gen_s = t.elapsed().as_secs_f64();
 

@@ -3,6 +3,9 @@
 //! Subcommands stay thin: each lives in `src/cmd/<name>.rs` and calls into the crates.
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cmd;
 
 #[derive(Parser)]
