@@ -127,6 +127,9 @@ pub struct ExportCounts {
     pub eval_prompts: u64,
 }
 
+/// One JSONL line and the eval prompts its example contributes.
+type RenderedLine = (Vec<u8>, Vec<(String, String)>);
+
 fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
     Ok(std::io::BufWriter::new(
         std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
@@ -163,7 +166,7 @@ pub fn write_jsonl(
         let mut w = create(&path)?;
         // Lines are rendered in parallel, a block of rows at a time, and written in order.
         for block in rows.chunks(8192) {
-            let rendered: Vec<Result<(Vec<u8>, Vec<(String, String)>)>> = block
+            let rendered: Vec<Result<RenderedLine>> = block
                 .par_iter()
                 .map(|&i| {
                     let turns: Vec<TurnRef> = view.turns(i).collect();
