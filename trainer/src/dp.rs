@@ -27,8 +27,8 @@
 //! assert_eq!(DeviceRequest::parse("auto").unwrap(), DeviceRequest::Auto);
 //! assert!(DeviceRequest::parse("tpu").is_err());
 //! ```
+use koala_kernels::Backend;
 use koala_kernels::comm::{Communicator, ReduceOp, shard_len, shard_range};
-use koala_kernels::{AdamWParams, Backend};
 
 use crate::hparams::Hyper;
 use crate::model::Llama;
@@ -366,26 +366,10 @@ impl<B: Backend> DpAdamW<B> {
         }
         let norm = comm.all_reduce_scalar(ss, ReduceOp::Sum)?.sqrt();
         // The same clip factor and no-decay rule as `AdamW::update`.
-        let grad_scale = if a.grad_clip > 0.0 {
-            (a.grad_clip as f64 / (norm + 1e-6)).min(1.0) as f32
-        } else {
-            1.0
-        };
+        let grad_scale = a.clip_scale(norm);
         a.step += 1;
         for (i, spec) in model.specs.iter().enumerate() {
-            let hp = AdamWParams {
-                lr,
-                beta1: a.beta1,
-                beta2: a.beta2,
-                eps: a.eps,
-                weight_decay: if spec.shape.len() >= 2 {
-                    a.weight_decay
-                } else {
-                    0.0
-                },
-                step: a.step,
-                grad_scale,
-            };
+            let hp = a.params_for(&spec.shape, lr, grad_scale);
             let sh = &mut shards[i];
             be.adamw_step(&mut sh.param, &sh.grad, &mut a.m[i], &mut a.v[i], &hp)?;
             comm.all_gather(be, &sh.param, &mut model.params[i])?;

@@ -62,26 +62,10 @@ impl<B: Backend> AdamW<B> {
     /// Clipping follows `torch.nn.utils.clip_grad_norm_`: scale `min(1, clip / (norm + 1e-6))`.
     pub fn update(&mut self, be: &B, model: &mut Llama<B>, lr: f32) -> Result<f64> {
         let norm = Self::grad_norm(be, model)?;
-        let grad_scale = if self.grad_clip > 0.0 {
-            (self.grad_clip as f64 / (norm + 1e-6)).min(1.0) as f32
-        } else {
-            1.0
-        };
+        let grad_scale = self.clip_scale(norm);
         self.step += 1;
         for (i, spec) in model.specs.iter().enumerate() {
-            let hp = AdamWParams {
-                lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: if spec.shape.len() >= 2 {
-                    self.weight_decay
-                } else {
-                    0.0
-                },
-                step: self.step,
-                grad_scale,
-            };
+            let hp = self.params_for(&spec.shape, lr, grad_scale);
             be.adamw_step(
                 &mut model.params[i],
                 &model.grads[i],
@@ -91,6 +75,34 @@ impl<B: Backend> AdamW<B> {
             )?;
         }
         Ok(norm)
+    }
+
+    /// The gradient scale for a pre-clip global norm, as `torch.nn.utils.clip_grad_norm_`:
+    /// `min(1, clip / (norm + 1e-6))`, or 1 without clipping.
+    pub fn clip_scale(&self, norm: f64) -> f32 {
+        if self.grad_clip > 0.0 {
+            (self.grad_clip as f64 / (norm + 1e-6)).min(1.0) as f32
+        } else {
+            1.0
+        }
+    }
+
+    /// The kernel parameters of the current step (`self.step`, already advanced) for a tensor
+    /// of `shape`: no weight decay on 1-D tensors (norm weights), as the reference trainers.
+    pub fn params_for(&self, shape: &[usize], lr: f32, grad_scale: f32) -> AdamWParams {
+        AdamWParams {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: if shape.len() >= 2 {
+                self.weight_decay
+            } else {
+                0.0
+            },
+            step: self.step,
+            grad_scale,
+        }
     }
 
     /// The moments as host tensors named `m.<param>` / `v.<param>` (for checkpoints).
