@@ -16,6 +16,15 @@ pub struct Args {
     /// Stop after this many optimizer steps (overrides `max_steps` in the file).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Devices: cpu, auto, cuda:N, cuda:0,1 or cuda:A..B (overrides `device` in the file).
+    #[arg(long)]
+    device: Option<String>,
+    /// CPU data-parallel worker threads (overrides `workers` in the file).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Shard the optimizer state across data-parallel workers (ZeRO-1; sets `zero1 = true`).
+    #[arg(long)]
+    zero1: bool,
 }
 
 struct Progress {
@@ -73,6 +82,15 @@ fn fmt_secs(s: f64) -> String {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = TrainConfig::from_file(&args.config)?;
+    if let Some(d) = args.device {
+        cfg.device = d;
+    }
+    if let Some(w) = args.workers {
+        cfg.workers = w;
+    }
+    if args.zero1 {
+        cfg.zero1 = true;
+    }
     if args.max_steps.is_some() {
         cfg.max_steps = args.max_steps;
     }
