@@ -245,6 +245,7 @@ impl Stage for Cleanup {
         let sources = df.column(col::SOURCE)?.str()?.rechunk().into_owned();
         let results: Vec<Cleaned> = (0..view.len())
             .into_par_iter()
+            .with_max_len(super::view::ROW_TASK)
             .map(|i| {
                 let rules = covers(&self.config.sources, sources.get(i).unwrap_or(""));
                 let r = self.clean_row(&view, i, rules);

@@ -105,6 +105,7 @@ impl Stage for Dedup {
         // Keys in parallel …
         let keys: Vec<Option<String>> = (0..n)
             .into_par_iter()
+            .with_max_len(super::view::ROW_TASK)
             .map(|i| {
                 let src = sources.get(i).unwrap_or("");
                 if !covers(&self.config.sources, src) {

@@ -249,6 +249,7 @@ impl Stage for LanguageFilter {
         let sources = df.column(col::SOURCE)?.str()?.rechunk().into_owned();
         let results: Vec<(Verdict, Option<(&'static str, f64)>)> = (0..n)
             .into_par_iter()
+            .with_max_len(super::view::ROW_TASK)
             .map(|i| {
                 progress.inc(1);
                 if !self.config.enabled

@@ -114,6 +114,7 @@ impl Stage for Markers {
         let view = TurnsView::new(&df)?;
         let verdicts: Vec<Verdict> = (0..n)
             .into_par_iter()
+            .with_max_len(super::view::ROW_TASK)
             .map(|i| {
                 progress.inc(1);
                 view.turns(i)

@@ -5,6 +5,12 @@ use polars::prelude::*;
 use crate::error::{Error, Result};
 use crate::schema::col;
 
+/// Most rows one rayon task takes in the stages' per-row loops. The expensive rows are often
+/// clustered (after `select`, all ShareGPT rows come first, and only they get HTML conversion or
+/// language detection); rayon's adaptive splitting stops splitting a range that was never
+/// stolen, so without a cap one thread ended up with every ShareGPT row while the other idled.
+pub const ROW_TASK: usize = 256;
+
 /// One turn, borrowed from the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TurnRef<'a> {
