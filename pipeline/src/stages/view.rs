@@ -30,8 +30,9 @@ pub struct TurnsView {
 
 impl TurnsView {
     /// Views the `turns` column of `df` without copying any text: the list column is brought
-    /// to one chunk (a no-op for a table that already is, as [`crate::stages::run::curate`]
-    /// makes it) and its inner struct fields are used in place, at the list's own offsets.
+    /// to one chunk (a no-op for a table that already is one, as `select`'s sort leaves it in
+    /// [`crate::stages::run::curate`]), and its inner struct fields are used in place, at the
+    /// list's own offsets.
     pub fn new(df: &DataFrame) -> Result<Self> {
         let list = df.column(col::TURNS)?.list()?.rechunk();
         let mut offsets = Vec::with_capacity(list.len() + 1);

@@ -158,8 +158,8 @@ impl Store {
         })
     }
 
-    /// Runs `f` in an immediate transaction, commits, then refreshes the in-memory copy of the
-    /// job `touched` names (still under the writer lock, so the copies change in commit order).
+    /// Runs `f` in an immediate transaction, reads back the job `touched` names, commits, then
+    /// updates the in-memory copy (still under the writer lock, so copies change in commit order).
     fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
@@ -171,9 +171,14 @@ impl Store {
             .map_err(|_| DaemonError::Corrupt("writer lock poisoned".into()))?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
+        // Read the new row inside the transaction: if that fails, nothing is committed, so a
+        // write never succeeds on disk while reporting an error (or the reverse).
+        let fresh = match touched(&out) {
+            Some(id) => Some((id, get_job(&tx, id)?)),
+            None => None,
+        };
         tx.commit()?;
-        if let Some(id) = touched(&out) {
-            let job = get_job(&conn, id)?;
+        if let Some((id, job)) = fresh {
             // A poisoned lock only means a reader panicked; the map itself is consistent.
             let mut jobs = self.jobs.write().unwrap_or_else(|e| e.into_inner());
             match job {
