@@ -539,6 +539,40 @@ impl CudaBackend {
         Ok(p)
     }
 
+    /// `out = f(x, y)` elementwise with kernel `{op}_{dtype}` (`add_fwd`, `swiglu_fwd`): both
+    /// inputs and the output at `x`'s dtype, `y` converted if it differs. The names label the
+    /// operands in length errors.
+    fn elementwise2(
+        &self,
+        op: &'static str,
+        out: &mut CudaBuf,
+        (x_name, x): (&'static str, &CudaBuf),
+        (y_name, y): (&'static str, &CudaBuf),
+        len: usize,
+    ) -> Result<()> {
+        check_len(op, x_name, x.len(), len)?;
+        check_len(op, y_name, y.len(), len)?;
+        let t = x.dtype();
+        self.ensure_dtype(out, t)?;
+        check_len(op, "out", out.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut tmp = Vec::new();
+        let yp = self.ptr_as(y, t, &mut tmp)?;
+        let s = &self.stream;
+        self.launch(
+            &format!("{op}_{}", t.suffix()),
+            grid_stride(len),
+            &[
+                Arg::Ptr(out.ptr(s)),
+                Arg::Ptr(x.ptr(s)),
+                Arg::Ptr(yp),
+                Arg::I64(len as i64),
+            ],
+        )
+    }
+
     fn copy_same(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
         match (&mut dst.storage, &src.storage) {
             (Storage::F32(d), Storage::F32(s)) => {
@@ -1232,28 +1266,7 @@ impl Backend for CudaBackend {
         up: &CudaBuf,
         len: usize,
     ) -> Result<()> {
-        const OP: &str = "swiglu_fwd";
-        check_len(OP, "gate", gate.len(), len)?;
-        check_len(OP, "up", up.len(), len)?;
-        let t = gate.dtype();
-        self.ensure_dtype(out, t)?;
-        check_len(OP, "out", out.len(), len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let mut tmp = Vec::new();
-        let up_ = self.ptr_as(up, t, &mut tmp)?;
-        let s = &self.stream;
-        self.launch(
-            &format!("swiglu_fwd_{}", t.suffix()),
-            grid_stride(len),
-            &[
-                Arg::Ptr(out.ptr(s)),
-                Arg::Ptr(gate.ptr(s)),
-                Arg::Ptr(up_),
-                Arg::I64(len as i64),
-            ],
-        )
+        self.elementwise2("swiglu_fwd", out, ("gate", gate), ("up", up), len)
     }
 
     fn swiglu_bwd(
@@ -1296,28 +1309,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_fwd(&self, out: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, len: usize) -> Result<()> {
-        const OP: &str = "add_fwd";
-        check_len(OP, "a", a.len(), len)?;
-        check_len(OP, "b", b.len(), len)?;
-        let t = a.dtype();
-        self.ensure_dtype(out, t)?;
-        check_len(OP, "out", out.len(), len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let mut tmp = Vec::new();
-        let bp = self.ptr_as(b, t, &mut tmp)?;
-        let s = &self.stream;
-        self.launch(
-            &format!("add_fwd_{}", t.suffix()),
-            grid_stride(len),
-            &[
-                Arg::Ptr(out.ptr(s)),
-                Arg::Ptr(a.ptr(s)),
-                Arg::Ptr(bp),
-                Arg::I64(len as i64),
-            ],
-        )
+        self.elementwise2("add_fwd", out, ("a", a), ("b", b), len)
     }
 
     fn add_inplace(&self, acc: &mut CudaBuf, x: &CudaBuf, len: usize) -> Result<()> {
