@@ -109,6 +109,36 @@ fn blocks(lo: &[usize], t: usize) -> impl Iterator<Item = Block> + '_ {
     })
 }
 
+/// `s[r][c] = q[i0 + r] · k[klo + c]` for the `m` queries and `kn` keys of a block (`s` is
+/// `m × kn`, row-major; `qs` and `ks` are the row strides of `q` and `k`). The forward pass and
+/// the backward pass (which recomputes the scores rather than storing them) share it.
+fn block_scores(
+    s: &mut [f32],
+    q_h: &[f32],
+    k_h: &[f32],
+    (i0, m, klo, kn): (usize, usize, usize, usize),
+    hd: usize,
+    qs: usize,
+    ks: usize,
+) {
+    gemm_strided(
+        Threads::One,
+        false,
+        m,
+        kn,
+        hd,
+        s,
+        kn,
+        1,
+        &q_h[i0 * qs..],
+        qs,
+        1,
+        &k_h[klo * ks..],
+        1,
+        ks,
+    );
+}
+
 /// Is key `j` visible to query `i` (both within one batch row)?
 #[inline]
 fn visible(seg_row: &[u32], i: usize, j: usize) -> bool {
@@ -158,22 +188,7 @@ pub(crate) fn forward(
                 for Block { i0, m, klo, kn } in blocks(&lo[bi * t..(bi + 1) * t], t) {
                     let s = &mut sbuf[..m * kn];
                     // S = Q_blk · K_keysᵀ
-                    gemm_strided(
-                        Threads::One,
-                        false,
-                        m,
-                        kn,
-                        hd,
-                        s,
-                        kn,
-                        1,
-                        &q_h[i0 * qs..],
-                        qs,
-                        1,
-                        &k_h[klo * ks..],
-                        1,
-                        ks,
-                    );
+                    block_scores(s, q_h, k_h, (i0, m, klo, kn), hd, qs, ks);
                     for (r, srow) in s.chunks_exact_mut(kn).enumerate() {
                         let i = i0 + r;
                         let mut mx = f32::NEG_INFINITY;
@@ -304,22 +319,7 @@ pub(crate) fn backward(
             for Block { i0, m, klo, kn } in blocks(&lo[bi * t..(bi + 1) * t], t) {
                 let (p, ds) = (&mut pbuf[..m * kn], &mut dsbuf[..m * kn]);
                 // S = Q K_keysᵀ → P; dP = dO V_keysᵀ → dS (scaled by 1/sqrt(hd)).
-                gemm_strided(
-                    Threads::One,
-                    false,
-                    m,
-                    kn,
-                    hd,
-                    p,
-                    kn,
-                    1,
-                    &q_h[i0 * qs..],
-                    qs,
-                    1,
-                    &k_h[klo * ks..],
-                    1,
-                    ks,
-                );
+                block_scores(p, q_h, k_h, (i0, m, klo, kn), hd, qs, ks);
                 gemm_strided(
                     Threads::One,
                     false,
