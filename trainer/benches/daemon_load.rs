@@ -3,12 +3,14 @@
 //! no load in the same run.
 //!
 //! Reports the per-call latency (p50/p90/p99/max) under training, the same with no job training,
+//! the very first wave on fresh connections on its own (cold: buffers and tables still growing),
 //! and the training step-time slowdown (median step time under load ÷ median without load).
 //!
 //! ```sh
 //! cargo bench -p koala-trainer --bench daemon_load
 //! # knobs: KOALA_BENCH_CALLS (1000), KOALA_BENCH_STEPS (30), KOALA_BENCH_CHANNELS (8),
 //! #        KOALA_BENCH_PAGE (ListJobs page size, 50), KOALA_BENCH_NICE (training_nice, 10),
+//! #        KOALA_BENCH_VERBOSE (set: print every wave's p99 and wall time),
 //! #        KOALA_TRAINERD (path of the daemon binary; default: the one cargo built)
 //! ```
 use std::io::{BufRead, BufReader};
@@ -22,6 +24,10 @@ use koala_proto::v1::{
 };
 use koala_trainer::daemon::client::{self, Client, ClientOptions};
 use koala_trainer::data::{Row, write_shard};
+
+// The client side runs on the same two cores as the daemon; give it the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
@@ -221,11 +227,6 @@ async fn bench() {
     let mut c = clients[0].clone();
 
     // Phase A: the job alone. 200 cancelled jobs give ListJobs full pages.
-    let a = c
-        .submit_job(spec("alone", steps))
-        .await
-        .unwrap()
-        .into_inner();
     for i in 0..200 {
         let j = c
             .submit_job(spec(&format!("filler-{i}"), 1))
@@ -234,6 +235,14 @@ async fn bench() {
             .into_inner();
         c.cancel_job(CancelJobRequest { id: j.id }).await.unwrap();
     }
+    // The first burst on fresh connections grows every buffer, slab and HTTP/2 stream table on
+    // both sides; it is reported on its own ("cold") and not mixed into the steady-state figures.
+    let mut cold = wave(&clients, calls, 1, page).await;
+    let a = c
+        .submit_job(spec("alone", steps))
+        .await
+        .unwrap()
+        .into_inner();
     wait_state(&mut c, a.id, JobState::Succeeded).await;
     let mut alone = step_times(&mut c, a.id, None).await;
 
@@ -295,6 +304,20 @@ async fn bench() {
         "daemon load bench: {calls} concurrent calls per wave over {n_channels} channels, {waves} waves; {cores} cores, loadavg {}",
         load.trim()
     );
+    if std::env::var_os("KOALA_BENCH_VERBOSE").is_some() {
+        // Per-wave tails, in order: shows whether a high p99 comes from every wave or a few.
+        let tails: Vec<String> = loaded_lat
+            .chunks(calls)
+            .zip(&wave_ms)
+            .map(|(w, ms)| {
+                let mut w = w.to_vec();
+                w.sort_by(|a, b| a.total_cmp(b));
+                format!("{:.0}/{ms:.0}", pct(&w, 0.99))
+            })
+            .collect();
+        println!("per-wave p99/wall ms: {}", tails.join(" "));
+    }
+    let s_cold = summary("cold first wave, idle", &mut cold);
     let s_first = summary("first wave, training", &mut first_wave);
     let s_loaded = summary("all waves, training", &mut loaded_lat);
     let s_idle = summary("idle (no job training)", &mut idle_lat);
@@ -317,7 +340,7 @@ async fn bench() {
     );
     let report = serde_json::json!({
         "calls_per_wave": calls, "channels": n_channels, "list_page": page, "training_nice": nice, "waves": waves, "cores": cores,
-        "loadavg": load.trim(), "first_wave": s_first, "training": s_loaded, "idle": s_idle,
+        "loadavg": load.trim(), "cold_wave": s_cold, "first_wave": s_first, "training": s_loaded, "idle": s_idle,
         "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
         "step_slowdown": slowdown,
     });

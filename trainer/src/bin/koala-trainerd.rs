@@ -3,6 +3,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+// Many small allocations per RPC (prost messages, h2 frames): mimalloc serves them at a
+// fraction of glibc's cost, which shows directly in the daemon's tail latency under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The koala trainer daemon: queues fine-tuning jobs and runs them, resuming after a crash.
 #[derive(Parser)]
 #[command(name = "koala-trainerd", version)]
