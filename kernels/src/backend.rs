@@ -62,6 +62,31 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// Copies host ids into a new id buffer.
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;
+
+    // ---- full-precision training state -------------------------------------------------------
+    // A backend that computes in reduced precision (CUDA bf16) must not round what training
+    // carries from step to step. These four calls say which buffers those are; on a backend that
+    // is fp32 throughout they are plain `upload` / `download` / `zeros`.
+
+    /// Copies a trainable parameter to the device, keeping an exact full-precision copy of `data`
+    /// (the fp32 master weight) where the buffer itself is stored in lower precision.
+    fn upload_param(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload(data)
+    }
+    /// A parameter's full-precision value (its master copy where it has one): what checkpoints
+    /// and exported models must hold, so that a resumed run continues from exactly where it was.
+    fn download_param(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
+        self.download(buf)
+    }
+    /// Optimizer state (AdamW `m`, `v`) from host data, stored in fp32 whatever the compute
+    /// precision.
+    fn upload_state(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload(data)
+    }
+    /// Zero-filled fp32 optimizer state.
+    fn zeros_state(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
     /// Number of elements in a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Sets every element to zero.

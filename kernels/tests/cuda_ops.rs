@@ -344,7 +344,7 @@ fn bf16_parameters_keep_an_fp32_master_copy() {
         };
         be.adamw_step(&mut p, &g, &mut m, &mut v, &hp).unwrap();
     }
-    let master = be.download_master(&p).unwrap();
+    let master = be.download_param(&p).unwrap();
     assert!(
         master
             .iter()

@@ -275,7 +275,7 @@ impl<B: Backend> DpAdamW<B> {
     pub fn new<C: Communicator<B>>(
         be: &B,
         comm: &C,
-        model: &Llama<B>,
+        model: &mut Llama<B>,
         hyper: &Hyper,
         zero1: bool,
     ) -> Result<Self> {
@@ -304,14 +304,23 @@ impl<B: Backend> DpAdamW<B> {
             grad_clip: hyper.grad_clip,
         };
         let mut shards = Vec::with_capacity(n);
-        for p in &model.params {
-            let s = shard_len(be.len(p), world);
-            let mut param = be.zeros(s)?;
-            comm.local_shard(be, p, &mut param)?;
-            adam.m.push(be.zeros(s)?);
-            adam.v.push(be.zeros(s)?);
+        for p in &mut model.params {
+            let len = be.len(p);
+            let s = shard_len(len, world);
+            // The shard is the one that steps: build it from the full-precision values (the master
+            // weights of a bf16 backend), not from the possibly rounded buffer the forward reads.
+            let full = be.download_param(p)?;
+            let range = shard_range(len, world, comm.rank());
+            let mut host = vec![0.0f32; s];
+            host[..range.len()].copy_from_slice(&full[range]);
+            // The full buffer is only read by the forward and overwritten by the all-gather, so
+            // it needs no master copy: re-upload it plain, which frees that copy (ZeRO-1 is about
+            // not holding full-size fp32 state on every rank).
+            *p = be.upload(&full)?;
+            adam.m.push(be.zeros_state(s)?);
+            adam.v.push(be.zeros_state(s)?);
             shards.push(Shard {
-                param,
+                param: be.upload_param(&host)?,
                 grad: be.zeros(s)?,
             });
         }
@@ -377,6 +386,41 @@ impl<B: Backend> DpAdamW<B> {
         Ok(norm)
     }
 
+    /// The model's parameters at full precision, as host tensors (HF names), for checkpoints and
+    /// the exported model. With `zero1` the fp32 master weights live in the ranks' shards (the
+    /// full buffers hold what the forward reads, bf16 on a GPU), so they are gathered from there:
+    /// a collective (every rank must call it). The tensors are returned on rank 0 only.
+    pub fn params_to_tensors<C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        model: &Llama<B>,
+    ) -> Result<Option<Tensors>> {
+        let Some(shards) = &self.shards else {
+            return if comm.rank() == 0 {
+                Ok(Some(model.to_tensors(be)?))
+            } else {
+                Ok(None)
+            };
+        };
+        let mut out = Tensors::new();
+        for (s, sh) in model.specs.iter().zip(shards) {
+            let master = be.upload_state(&be.download_param(&sh.param)?)?;
+            let mut full = be.zeros_state(s.numel())?;
+            comm.all_gather(be, &master, &mut full)?;
+            if comm.rank() == 0 {
+                out.insert(
+                    s.name.clone(),
+                    HostTensor {
+                        shape: s.shape.clone(),
+                        data: be.download(&full)?,
+                    },
+                );
+            }
+        }
+        Ok((comm.rank() == 0).then_some(out))
+    }
+
     /// The full moments as `m.<param>` / `v.<param>` host tensors (the single-worker checkpoint
     /// format). A collective with `zero1` (every rank must call it); the tensors are returned on
     /// rank 0 only.
@@ -396,7 +440,7 @@ impl<B: Backend> DpAdamW<B> {
         let mut out = Tensors::new();
         for (i, s) in model.specs.iter().enumerate() {
             for (prefix, shard) in [("m", &self.adam.m[i]), ("v", &self.adam.v[i])] {
-                let mut full = be.zeros(s.numel())?;
+                let mut full = be.zeros_state(s.numel())?;
                 comm.all_gather(be, shard, &mut full)?;
                 if comm.rank() == 0 {
                     out.insert(
@@ -441,7 +485,7 @@ impl<B: Backend> DpAdamW<B> {
                 let range = shard_range(h.data.len(), world, comm.rank());
                 let mut host = vec![0.0f32; shard_len(h.data.len(), world)];
                 host[..range.len()].copy_from_slice(&h.data[range]);
-                *dst = be.upload(&host)?;
+                *dst = be.upload_state(&host)?;
             }
         }
         self.adam.step = step;
@@ -531,8 +575,8 @@ mod tests {
                         let (cfg, host, moments, hyper) = (&cfg, &host, &moments, &hyper);
                         sc.spawn(move || {
                             let be = CpuBackend::with_threads(1).unwrap();
-                            let model = Llama::from_tensors(&be, cfg.clone(), host).unwrap();
-                            let mut opt = DpAdamW::new(&be, &c, &model, hyper, true).unwrap();
+                            let mut model = Llama::from_tensors(&be, cfg.clone(), host).unwrap();
+                            let mut opt = DpAdamW::new(&be, &c, &mut model, hyper, true).unwrap();
                             assert!(opt.is_zero1());
                             opt.load_tensors(&be, &c, &model, moments, 7).unwrap();
                             assert_eq!(opt.step(), 7);

@@ -124,7 +124,7 @@ impl<B: Backend> Llama<B> {
                     s.name, t.shape, s.shape
                 )));
             }
-            params.push(be.upload(&t.data)?);
+            params.push(be.upload_param(&t.data)?);
             grads.push(be.zeros(s.numel())?);
         }
         Ok(Llama {
@@ -136,24 +136,30 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Downloads the parameters as host tensors (HF names).
+    /// Downloads the parameters as host tensors (HF names), at full precision: the fp32 master
+    /// weights where the backend computes in bf16 ([`Backend::download_param`]).
     pub fn to_tensors(&self, be: &B) -> Result<Tensors> {
-        self.download_all(be, &self.params)
+        self.download_all(be, &self.params, B::download_param)
     }
 
     /// Downloads the gradients as host tensors (HF names).
     pub fn grads_to_tensors(&self, be: &B) -> Result<Tensors> {
-        self.download_all(be, &self.grads)
+        self.download_all(be, &self.grads, B::download)
     }
 
-    fn download_all(&self, be: &B, bufs: &[B::Buf]) -> Result<Tensors> {
+    fn download_all(
+        &self,
+        be: &B,
+        bufs: &[B::Buf],
+        download: impl Fn(&B, &B::Buf) -> koala_kernels::Result<Vec<f32>>,
+    ) -> Result<Tensors> {
         let mut out = Tensors::new();
         for (s, b) in self.specs.iter().zip(bufs) {
             out.insert(
                 s.name.clone(),
                 HostTensor {
                     shape: s.shape.clone(),
-                    data: be.download(b)?,
+                    data: download(be, b)?,
                 },
             );
         }

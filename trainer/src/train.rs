@@ -571,8 +571,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             .map_err(|_| Error::Invalid("initial state: lock poisoned".into()))?
             .clone()
             .ok_or_else(|| Error::Invalid("initial state already released".into()))?;
-        let model = Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?;
-        let mut opt = DpAdamW::new(be, comm, &model, hyper, cfg.zero1)?;
+        let mut model = Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?;
+        let mut opt = DpAdamW::new(be, comm, &mut model, hyper, cfg.zero1)?;
         if let Some((t, step)) = &init.optim {
             opt.load_tensors(be, comm, &model, t, *step)?;
         }
@@ -622,8 +622,9 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                      last_loss: f32|
      -> Result<Option<PathBuf>> {
         let moments = dp::agree(comm, opt.to_tensors(be, comm, model))?;
-        let written = match moments {
-            Some(moments) => (|| {
+        let params = dp::agree(comm, opt.params_to_tensors(be, comm, model))?;
+        let written = match moments.zip(params) {
+            Some((moments, params)) => (|| {
                 let state = TrainState {
                     step,
                     total_steps,
@@ -632,13 +633,7 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                     hyper_sha256: prep.hash.clone(),
                     last_loss,
                 };
-                let p = checkpoint::save(
-                    &prep.ckpt_root,
-                    &prep.mcfg,
-                    &model.to_tensors(be)?,
-                    &moments,
-                    &state,
-                )?;
+                let p = checkpoint::save(&prep.ckpt_root, &prep.mcfg, &params, &moments, &state)?;
                 checkpoint::prune(&prep.ckpt_root, cfg.keep_checkpoints)?;
                 Ok(Some(p))
             })(),
@@ -721,11 +716,12 @@ fn train_rank<B: Backend, C: Communicator<B>>(
     {
         o.event(&TrainEvent::Checkpoint { step, path: p });
     }
-    let finished = match obs {
-        Some(o) => (|| {
+    let final_params = dp::agree(comm, opt.params_to_tensors(be, comm, &model))?;
+    let finished = match obs.zip(final_params) {
+        Some((o, params)) => (|| {
             let out = &cfg.out_dir;
             let final_dir = out.join("final");
-            weights::save_dir(&final_dir, &prep.mcfg, &model.to_tensors(be)?, 5 << 30)?;
+            weights::save_dir(&final_dir, &prep.mcfg, &params, 5 << 30)?;
             let curve = plot::loss_curve(&out.join("loss_curve.png"), &history)?;
             let report = serde_json::json!({
                 "steps": step,

@@ -1,12 +1,17 @@
 //! The trainer's `Llama` training step on the GPU against the same step on the CPU: loss,
 //! every gradient, and the parameters after one AdamW update, in fp32 (tight) and in bf16 mixed
-//! precision (loss within 2%, gradients with cosine > 0.99 and norms within 5%). Skips with a
-//! message when no GPU is usable.
+//! precision (loss within 2%, gradients with cosine > 0.99 and norms within 5%). Also: a bf16 run
+//! checkpoints its fp32 master weights and fp32 moments, so a resumed run continues where the
+//! straight one is. Skips with a message when no GPU is usable.
+mod train_common;
+
 use koala_kernels::cuda::{CudaBackend, Precision};
 use koala_kernels::{AdamWParams, Backend, CpuBackend};
-use koala_trainer::LlamaConfig;
 use koala_trainer::model::{Inputs, Llama};
 use koala_trainer::weights::init_weights;
+use koala_trainer::weights::{Tensors, load_dir, load_file};
+use koala_trainer::{LlamaConfig, Observer, TrainConfig, TrainEvent, run};
+use std::path::Path;
 
 fn gpu(p: Precision) -> Option<CudaBackend> {
     match CudaBackend::new(0, p) {
@@ -118,4 +123,80 @@ fn gpu_training_step_matches_cpu_step() {
         ok &= cos > 0.99 && (na - nb).abs() <= 0.05 * nb;
     }
     assert!(ok, "the GPU step differs from the CPU step (see above)");
+}
+
+struct Quiet;
+impl Observer for Quiet {
+    fn event(&mut self, _: &TrainEvent) {}
+}
+
+fn gpu_config(dir: &Path, out: &str, max_steps: Option<u64>) -> TrainConfig {
+    let (shards, model) = train_common::make_data(dir);
+    let text = format!(
+        r#"
+        model = {model:?}
+        shards = {shards:?}
+        out_dir = {out:?}
+        device = "cuda:0"
+        preset = "tiny-cpu"
+        seed = 11
+        checkpoint_every = 2
+        keep_checkpoints = 0
+        [hyper]
+        batch_size = 4
+        micro_batch_size = 2
+        epochs = 2
+        lr = 3e-3
+        "#,
+        out = dir.join(out)
+    );
+    let mut cfg: TrainConfig = toml::from_str(&text).unwrap();
+    cfg.max_steps = max_steps;
+    cfg
+}
+
+/// Whether every value is a bf16 number (low 16 bits of the f32 zero).
+fn all_bf16(t: &Tensors) -> bool {
+    t.values()
+        .all(|h| h.data.iter().all(|x| x.to_bits() & 0xffff == 0))
+}
+
+#[test]
+fn gpu_bf16_resume_continues_from_fp32_masters() {
+    if gpu(Precision::Bf16).is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    run(&gpu_config(d.path(), "straight", None), &mut Quiet).unwrap();
+    run(&gpu_config(d.path(), "resumed", Some(7)), &mut Quiet).unwrap();
+    // What the interrupted run left: fp32 masters and moments, not the bf16 values the forward reads.
+    let ck = d.path().join(format!("resumed/checkpoints/step-{:08}", 7));
+    let params = load_dir(&ck).unwrap();
+    let moments = load_file(&ck.join("optimizer.safetensors")).unwrap();
+    assert!(
+        !all_bf16(&params),
+        "the checkpoint holds bf16-rounded weights, not the fp32 masters"
+    );
+    assert!(
+        !all_bf16(&moments),
+        "the checkpoint holds bf16-rounded moments"
+    );
+    run(&gpu_config(d.path(), "resumed", None), &mut Quiet).unwrap();
+    let a = load_dir(&d.path().join("straight/final")).unwrap();
+    let b = load_dir(&d.path().join("resumed/final")).unwrap();
+    assert!(!all_bf16(&a), "the exported model is bf16-rounded");
+    // Equal up to the GPU's run-to-run float noise (atomics), far below a bf16 rounding (2^-9).
+    for (name, ta) in &a {
+        let tb = &b[name];
+        let scale = ta.data.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = ta
+            .data
+            .iter()
+            .zip(&tb.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{name}: resumed weights differ from the straight run by {worst} (scale {scale})"
+        );
+    }
 }

@@ -45,15 +45,15 @@ impl<B: Backend> DpOptimizer<B> {
                 let mut shard = be.zeros(s)?;
                 comm.local_shard(be, p, &mut shard)?;
                 slots.push(Slot {
-                    m: be.zeros(s)?,
-                    v: be.zeros(s)?,
+                    m: be.zeros_state(s)?,
+                    v: be.zeros_state(s)?,
                     param_shard: Some(shard),
                     grad_shard: Some(be.zeros(s)?),
                 });
             } else {
                 slots.push(Slot {
-                    m: be.zeros(len)?,
-                    v: be.zeros(len)?,
+                    m: be.zeros_state(len)?,
+                    v: be.zeros_state(len)?,
                     param_shard: None,
                     grad_shard: None,
                 });

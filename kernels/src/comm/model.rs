@@ -253,7 +253,7 @@ impl<B: Backend> TinyLlama<B> {
         let vals = init_values(&cfg, seed);
         let mut bufs = vals
             .iter()
-            .map(|v| be.upload(v))
+            .map(|v| be.upload_param(v))
             .collect::<Result<Vec<_>>>()?
             .into_iter();
         let mut next = || {

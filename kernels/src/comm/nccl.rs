@@ -211,14 +211,17 @@ impl Communicator<CudaBackend> for NcclComm {
                 .all_gather(&src, &mut dst)
                 .map_err(nccl_err("all_gather"))?;
         }
-        let (Some(src), Some(mut dst)) = (gathered.bytes(), full.bytes_mut()) else {
-            return Err(Error::Device("all_gather: empty buffer".into()));
-        };
-        let src = src.slice(0..len_bytes);
-        be.stream()
-            .memcpy_dtod(&src, &mut dst)
-            .map_err(|e| Error::Device(format!("copy: {e:?}")))?;
-        Ok(())
+        {
+            let (Some(src), Some(mut dst)) = (gathered.bytes(), full.bytes_mut()) else {
+                return Err(Error::Device("all_gather: empty buffer".into()));
+            };
+            let src = src.slice(0..len_bytes);
+            be.stream()
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(|e| Error::Device(format!("copy: {e:?}")))?;
+        }
+        // `full` has a new value: a master copy it carries must follow it (as `copy` does).
+        be.refresh_master(full)
     }
 
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64> {

@@ -15,7 +15,7 @@
 //!   - **weight gradients are fp32** (`matmul_bwd` `dw`, `rmsnorm_bwd` `dw`, `embedding_bwd`
 //!     `dtable`), so gradient accumulation loses nothing;
 //!   - AdamW state `m`, `v` is fp32, and a bf16 parameter gets an **fp32 master copy** (created at
-//!     its first step, or exactly at upload with [`CudaBackend::upload_param`]); the step updates
+//!     its first step, or exactly at upload with [`Backend::upload_param`]); the step updates
 //!     the master and writes `bf16(master)` back to the parameter the forward reads;
 //!   - reductions (norms, softmax sums, `sum_squares` in f64) run in fp32 or wider.
 //!
@@ -434,24 +434,6 @@ impl CudaBackend {
         })
     }
 
-    /// Uploads a parameter: in bf16 precision the buffer is bf16 with an exact fp32 master copy of
-    /// `data`; in fp32 precision it is a plain fp32 buffer.
-    pub fn upload_param(&self, data: &[f32]) -> Result<CudaBuf> {
-        let mut buf = self.upload_dtype(data, self.precision.act())?;
-        if buf.dtype() == DType::Bf16 {
-            buf.master = Some(self.stream.clone_htod(data).map_err(dev("upload"))?);
-        }
-        Ok(buf)
-    }
-
-    /// Downloads the fp32 master copy of a bf16 parameter (or the buffer itself when it has none).
-    pub fn download_master(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        match &buf.master {
-            Some(m) => self.stream.clone_dtoh(m).map_err(dev("download")),
-            None => self.download(buf),
-        }
-    }
-
     fn func(&self, name: &str) -> Result<&CudaFunction> {
         self.funcs
             .get(name)
@@ -521,6 +503,15 @@ impl CudaBackend {
     }
 
     /// A new fp32 slice holding `src`'s values.
+    /// After a buffer's storage was overwritten in place (a collective's output), resets its fp32
+    /// master copy, where it has one, to the new value.
+    pub(crate) fn refresh_master(&self, buf: &mut CudaBuf) -> Result<()> {
+        if buf.master.is_some() {
+            buf.master = Some(self.to_f32_slice(buf)?);
+        }
+        Ok(())
+    }
+
     fn to_f32_slice(&self, src: &CudaBuf) -> Result<CudaSlice<f32>> {
         match self.convert(src, DType::F32)?.storage {
             Storage::F32(s) => Ok(s),
@@ -701,6 +692,32 @@ impl Backend for CudaBackend {
                     .collect())
             }
         }
+    }
+
+    /// In bf16 precision the buffer is bf16 with an exact fp32 master copy of `data`; in fp32
+    /// precision it is a plain fp32 buffer.
+    fn upload_param(&self, data: &[f32]) -> Result<CudaBuf> {
+        let mut buf = self.upload_dtype(data, self.precision.act())?;
+        if buf.dtype() == DType::Bf16 {
+            buf.master = Some(self.stream.clone_htod(data).map_err(dev("upload"))?);
+        }
+        Ok(buf)
+    }
+
+    /// The fp32 master copy of a bf16 parameter (or the buffer itself when it has none).
+    fn download_param(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        match &buf.master {
+            Some(m) => self.stream.clone_dtoh(m).map_err(dev("download")),
+            None => self.download(buf),
+        }
+    }
+
+    fn upload_state(&self, data: &[f32]) -> Result<CudaBuf> {
+        self.upload_dtype(data, DType::F32)
+    }
+
+    fn zeros_state(&self, len: usize) -> Result<CudaBuf> {
+        self.zeros_dtype(len, DType::F32)
     }
 
     fn upload_ids(&self, ids: &[u32]) -> Result<CudaIds> {
