@@ -131,26 +131,7 @@ impl Observer for Quiet {
 }
 
 fn gpu_config(dir: &Path, out: &str, max_steps: Option<u64>) -> TrainConfig {
-    let (shards, model) = train_common::make_data(dir);
-    let text = format!(
-        r#"
-        model = {model:?}
-        shards = {shards:?}
-        out_dir = {out:?}
-        device = "cuda:0"
-        preset = "tiny-cpu"
-        seed = 11
-        checkpoint_every = 2
-        keep_checkpoints = 0
-        [hyper]
-        batch_size = 4
-        micro_batch_size = 2
-        epochs = 2
-        lr = 3e-3
-        "#,
-        out = dir.join(out)
-    );
-    let mut cfg: TrainConfig = toml::from_str(&text).unwrap();
+    let mut cfg = train_common::tiny_config(dir, out, r#"device = "cuda:0""#, "batch_size = 4");
     cfg.max_steps = max_steps;
     cfg
 }

@@ -8,11 +8,11 @@
 //! short batch of each epoch), so the global loss weighting and the summed gradients are
 //! exercised, not just a relabelling of the same micro-batches.
 mod daemon_common;
-mod train_common;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
+use daemon_common::train_common::tiny_config;
 use koala_proto::v1::JobSpec;
 use koala_trainer::daemon::runner::{RunEvent, RunRequest, RunSink, Runner};
 use koala_trainer::daemon::train_runner::{TrainRunner, train_config};
@@ -24,29 +24,12 @@ use koala_trainer::{Observer, RunOutcome, TrainConfig, TrainEvent, checkpoint, r
 const STEPS: usize = 8;
 
 fn config(dir: &Path, out: &str, workers: usize, zero1: bool, loss: &str) -> TrainConfig {
-    let data = dir.join("data");
-    let (shards, model) = train_common::make_data(&data);
-    let text = format!(
-        r#"
-        model = {model:?}
-        shards = {shards:?}
-        out_dir = {out:?}
-        preset = "tiny-cpu"
-        seed = 11
-        checkpoint_every = 2
-        keep_checkpoints = 0
-        workers = {workers}
-        zero1 = {zero1}
-        [hyper]
-        batch_size = 6
-        micro_batch_size = 2
-        epochs = 2
-        lr = 3e-3
-        loss = "{loss}"
-        "#,
-        out = dir.join(out)
-    );
-    toml::from_str(&text).unwrap()
+    tiny_config(
+        dir,
+        out,
+        &format!("workers = {workers}\nzero1 = {zero1}"),
+        &format!("batch_size = 6\nloss = \"{loss}\""),
+    )
 }
 
 #[derive(Default)]

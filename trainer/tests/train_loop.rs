@@ -6,28 +6,10 @@ use std::path::Path;
 
 use koala_trainer::data::{Row, write_shard};
 use koala_trainer::{Observer, RunOutcome, TrainConfig, TrainEvent, run};
-use train_common::make_data;
+use train_common::tiny_config;
 
 fn config(dir: &Path, out: &str, max_steps: Option<u64>) -> TrainConfig {
-    let (shards, model) = make_data(dir);
-    let text = format!(
-        r#"
-        model = {model:?}
-        shards = {shards:?}
-        out_dir = {out:?}
-        preset = "tiny-cpu"
-        seed = 11
-        checkpoint_every = 2
-        keep_checkpoints = 0
-        [hyper]
-        batch_size = 4
-        micro_batch_size = 2
-        epochs = 2
-        lr = 3e-3
-        "#,
-        out = dir.join(out)
-    );
-    let mut cfg: TrainConfig = toml::from_str(&text).unwrap();
+    let mut cfg = tiny_config(dir, out, "", "batch_size = 4");
     cfg.max_steps = max_steps;
     cfg
 }

@@ -12,6 +12,10 @@ use koala_trainer::daemon::runner::{RunEvent, RunOutcome, RunRequest, RunSink, R
 use koala_trainer::daemon::validate::resolve_paths;
 use koala_trainer::daemon::{DaemonConfig, server};
 
+/// The tiny training data, shared with the training-loop tests.
+#[path = "../train_common/mod.rs"]
+pub mod train_common;
+
 pub const TOKEN: &str = "test-token-0123456789";
 
 /// A runner that pretends to train: `max_steps` steps of `step_ms` each, a checkpoint file

@@ -4,45 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use koala_trainer::data::{Row, write_shard};
-
 /// Writes tiny shards (20 packed rows, vocab 64) with a manifest, and a tiny LLaMA config, under
 /// `root` (`shards/tiny`, `models/tiny/config.json`).
 pub fn tiny_training_data(root: &Path) {
-    let shards = root.join("shards/tiny");
-    std::fs::create_dir_all(&shards).unwrap();
-    let mut rows = Vec::new();
-    for i in 0..20u32 {
-        let len = 10 + (i % 7) as usize;
-        let tokens: Vec<u32> = (0..len as u32)
-            .map(|j| (3 + i + j * (1 + i % 3)) % 64)
-            .collect();
-        let split = len / 2;
-        let segment_ids = (0..len)
-            .map(|j| u32::from(i % 2 == 0 && j >= split))
-            .collect();
-        let loss_mask = (0..len).map(|j| u8::from(j >= 2)).collect();
-        rows.push(Row {
-            tokens,
-            loss_mask,
-            segment_ids,
-        });
-    }
-    write_shard(&shards.join("part-0.arrow"), &rows[..12]).unwrap();
-    write_shard(&shards.join("part-1.arrow"), &rows[12..]).unwrap();
-    std::fs::write(
-        shards.join("manifest.json"),
-        r#"{"format": "koala", "vocab_size": 64, "seq_len": 16,
-            "shards": [{"path": "part-0.arrow", "rows": 12}, {"path": "part-1.arrow", "rows": 8}]}"#,
-    )
-    .unwrap();
-    std::fs::create_dir_all(root.join("models/tiny")).unwrap();
-    std::fs::write(
-        root.join("models/tiny/config.json"),
-        r#"{"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5}"#,
-    )
-    .unwrap();
+    super::train_common::write_tiny(
+        &root.join("shards/tiny"),
+        &root.join("models/tiny/config.json"),
+    );
 }
 
 /// A daemon process.

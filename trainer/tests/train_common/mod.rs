@@ -8,8 +8,13 @@ use koala_trainer::data::{Row, write_shard};
 
 /// Writes the shards and the model config under `dir`; returns `(shards_dir, config.json)`.
 pub fn make_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let shards = dir.join("shards");
-    std::fs::create_dir_all(&shards).unwrap();
+    write_tiny(&dir.join("shards"), &dir.join("config.json"))
+}
+
+/// Writes the tiny shards (with their manifest) to `shards` and the model config to `config`;
+/// returns both paths.
+pub fn write_tiny(shards: &Path, config: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(shards).unwrap();
     let mut rows = Vec::new();
     for i in 0..20u32 {
         let len = 10 + (i % 7) as usize;
@@ -29,12 +34,46 @@ pub fn make_data(dir: &Path) -> (PathBuf, PathBuf) {
     }
     write_shard(&shards.join("part-0.arrow"), &rows[..12]).unwrap();
     write_shard(&shards.join("part-1.arrow"), &rows[12..]).unwrap();
-    let model = dir.join("config.json");
     std::fs::write(
-        &model,
+        shards.join("manifest.json"),
+        r#"{"format": "koala", "vocab_size": 64, "seq_len": 16,
+            "shards": [{"path": "part-0.arrow", "rows": 12}, {"path": "part-1.arrow", "rows": 8}]}"#,
+    )
+    .unwrap();
+    if let Some(parent) = config.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(
+        config,
         r#"{"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5}"#,
     )
     .unwrap();
-    (shards, model)
+    (shards.to_path_buf(), config.to_path_buf())
+}
+
+/// A training config on the tiny data under `dir` (written there), output to `dir/out`: seed 11,
+/// a checkpoint every 2 steps (all kept), 2 epochs at lr 3e-3 in micro-batches of 2. `top` adds
+/// top-level TOML lines, `hyper` lines of the `[hyper]` table (it must set `batch_size`).
+pub fn tiny_config(dir: &Path, out: &str, top: &str, hyper: &str) -> koala_trainer::TrainConfig {
+    let (shards, model) = make_data(dir);
+    let text = format!(
+        r#"
+        model = {model:?}
+        shards = {shards:?}
+        out_dir = {out:?}
+        preset = "tiny-cpu"
+        seed = 11
+        checkpoint_every = 2
+        keep_checkpoints = 0
+        {top}
+        [hyper]
+        micro_batch_size = 2
+        epochs = 2
+        lr = 3e-3
+        {hyper}
+        "#,
+        out = dir.join(out)
+    );
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
