@@ -15,30 +15,8 @@ pub struct RunRequest {
     pub attempt: u32,
 }
 
-/// Progress reported by a runner, mirroring the trainer's events.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunEvent {
-    Started {
-        total_steps: u64,
-        resumed_from: Option<u64>,
-    },
-    Step {
-        step: u64,
-        total_steps: u64,
-        loss: f32,
-        lr: f32,
-        tokens_per_s: f64,
-        eta_s: f64,
-    },
-    Checkpoint {
-        step: u64,
-        path: PathBuf,
-    },
-    Finished {
-        step: u64,
-        final_loss: f32,
-    },
-}
+/// Progress reported by a runner: the trainer's own events.
+pub use crate::train::TrainEvent as RunEvent;
 
 /// Where a runner reports to; it also carries the cancel flag, checked at step boundaries.
 pub trait RunSink {
@@ -46,12 +24,8 @@ pub trait RunSink {
     fn cancelled(&self) -> bool;
 }
 
-/// How a run ended (errors are `Err(message)`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunOutcome {
-    Finished,
-    Cancelled { step: u64 },
-}
+/// How a run ended (errors are `Err(message)`): the trainer's own outcome.
+pub use crate::train::RunOutcome;
 
 /// Runs a job to completion on the calling (dedicated, non-async) thread. A run must resume from
 /// the newest checkpoint in its output directory when there is one.

@@ -2,7 +2,7 @@
 //! which resumes from the newest checkpoint in the job's `out_dir`.
 use koala_proto::v1::{Hyperparameters, JobSpec};
 
-use super::runner::{RunEvent, RunOutcome, RunRequest, RunSink, Runner};
+use super::runner::{RunOutcome, RunRequest, RunSink, Runner};
 use super::validate::{BaseModelPath, FieldError, resolve_paths};
 use crate::train::{Observer, TrainConfig, TrainEvent};
 
@@ -58,11 +58,7 @@ impl Runner for TrainRunner {
             rayon::broadcast(|_| lower_thread_priority(nice));
         }
         let mut obs = SinkObserver { sink };
-        match crate::train::run(&cfg, &mut obs) {
-            Ok(crate::RunOutcome::Finished) => Ok(RunOutcome::Finished),
-            Ok(crate::RunOutcome::Cancelled { step }) => Ok(RunOutcome::Cancelled { step }),
-            Err(e) => Err(e.to_string()),
-        }
+        crate::train::run(&cfg, &mut obs).map_err(|e| e.to_string())
     }
 }
 
@@ -72,32 +68,7 @@ struct SinkObserver<'a> {
 
 impl Observer for SinkObserver<'_> {
     fn event(&mut self, ev: &TrainEvent) {
-        self.sink.event(match ev.clone() {
-            TrainEvent::Started {
-                total_steps,
-                resumed_from,
-            } => RunEvent::Started {
-                total_steps,
-                resumed_from,
-            },
-            TrainEvent::Step {
-                step,
-                total_steps,
-                loss,
-                lr,
-                tokens_per_s,
-                eta_s,
-            } => RunEvent::Step {
-                step,
-                total_steps,
-                loss,
-                lr,
-                tokens_per_s,
-                eta_s,
-            },
-            TrainEvent::Checkpoint { step, path } => RunEvent::Checkpoint { step, path },
-            TrainEvent::Finished { step, final_loss } => RunEvent::Finished { step, final_loss },
-        });
+        self.sink.event(ev.clone());
     }
 
     fn cancelled(&self) -> bool {
