@@ -89,36 +89,59 @@ pub fn best_fit_decreasing(lengths: &[usize], seq_len: usize) -> Vec<Vec<usize>>
     bins
 }
 
-/// Lays out examples into rows. Each example must be at most `seq_len` long (truncate first).
-pub fn layout(examples: &[Encoded], seq_len: usize, mode: Mode, pad_id: u32) -> Rows {
-    let groups: Vec<Vec<usize>> = match mode {
-        Mode::Pack => best_fit_decreasing(
-            &examples.iter().map(|e| e.tokens.len()).collect::<Vec<_>>(),
+/// Which examples each row holds, given the examples' lengths (each ≤ `seq_len`): best-fit
+/// decreasing bins in pack mode, one example per row in pad mode. Row `r` of the laid-out data is
+/// `push_row(.., &plan[r], ..)`.
+pub fn plan(lengths: &[usize], seq_len: usize, mode: Mode) -> Vec<Vec<usize>> {
+    match mode {
+        Mode::Pack => best_fit_decreasing(lengths, seq_len),
+        Mode::Pad => (0..lengths.len()).map(|i| vec![i]).collect(),
+    }
+}
+
+/// Appends one row to `rows`: the examples of `group` in order, with segment ids 1, 2, …, then
+/// padding (`pad_id`, no loss, segment 0) up to `rows.seq_len`. The examples must fit.
+pub fn push_row(rows: &mut Rows, examples: &[Encoded], group: &[usize], pad_id: u32) {
+    let start = rows.tokens.len();
+    for (k, &i) in group.iter().enumerate() {
+        let e = &examples[i];
+        rows.tokens.extend_from_slice(&e.tokens);
+        rows.loss_mask.extend_from_slice(&e.loss);
+        rows.segment_ids
+            .extend(std::iter::repeat_n(k as u32 + 1, e.tokens.len()));
+    }
+    let used = rows.tokens.len() - start;
+    debug_assert!(
+        used <= rows.seq_len,
+        "a row overflows: {used} > {}",
+        rows.seq_len
+    );
+    let fill = rows.seq_len.saturating_sub(used);
+    rows.tokens.extend(std::iter::repeat_n(pad_id, fill));
+    rows.loss_mask.extend(std::iter::repeat_n(0, fill));
+    rows.segment_ids.extend(std::iter::repeat_n(0, fill));
+}
+
+impl Rows {
+    /// Empty rows of `seq_len`, with room for `n` rows.
+    pub fn with_capacity(seq_len: usize, n: usize) -> Self {
+        Rows {
             seq_len,
-        ),
-        Mode::Pad => (0..examples.len()).map(|i| vec![i]).collect(),
-    };
-    let n = groups.len() * seq_len;
-    let mut rows = Rows {
-        seq_len,
-        tokens: Vec::with_capacity(n),
-        loss_mask: Vec::with_capacity(n),
-        segment_ids: Vec::with_capacity(n),
-    };
-    for g in groups {
-        let start = rows.tokens.len();
-        for (k, &i) in g.iter().enumerate() {
-            let e = &examples[i];
-            debug_assert!(e.tokens.len() <= seq_len);
-            rows.tokens.extend_from_slice(&e.tokens);
-            rows.loss_mask.extend_from_slice(&e.loss);
-            rows.segment_ids
-                .extend(std::iter::repeat_n(k as u32 + 1, e.tokens.len()));
+            tokens: Vec::with_capacity(n * seq_len),
+            loss_mask: Vec::with_capacity(n * seq_len),
+            segment_ids: Vec::with_capacity(n * seq_len),
         }
-        let fill = start + seq_len - rows.tokens.len();
-        rows.tokens.extend(std::iter::repeat_n(pad_id, fill));
-        rows.loss_mask.extend(std::iter::repeat_n(0, fill));
-        rows.segment_ids.extend(std::iter::repeat_n(0, fill));
+    }
+}
+
+/// Lays out all examples into rows in memory (for tests and tools; `koala tokenize` streams rows
+/// to the shard files instead). Each example must be at most `seq_len` long (truncate first).
+pub fn layout(examples: &[Encoded], seq_len: usize, mode: Mode, pad_id: u32) -> Rows {
+    let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
+    let groups = plan(&lengths, seq_len, mode);
+    let mut rows = Rows::with_capacity(seq_len, groups.len());
+    for g in &groups {
+        push_row(&mut rows, examples, g, pad_id);
     }
     rows
 }

@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::pack::{Mode, Rows, layout};
-use super::shards::{FORMAT_VERSION, Manifest, SplitInfo, write_rows};
+use super::pack::{Mode, plan, push_row};
+use super::shards::{FORMAT_VERSION, Manifest, SplitInfo, write_rows_with};
 use super::{Encoded, Side, Tok, train, truncate};
 use crate::error::{Error, Result};
 use crate::format::{AlpacaFormat, ChatTemplateFormat, Format, KoalaFormat, Piece};
@@ -289,27 +289,12 @@ pub fn encode_all(
     Ok(out)
 }
 
-/// Shuffles rows with a seeded generator (ChaCha8).
-pub fn shuffle_rows(rows: &Rows, seed: u64) -> Rows {
-    let n = rows.len();
+/// The order in which the rows `0..n` are written: a seeded shuffle (ChaCha8), so that a batch
+/// mixes sources and lengths.
+pub fn shuffled_order(n: usize, seed: u64) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
     perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let s = rows.seq_len;
-    let mut out = Rows {
-        seq_len: s,
-        tokens: Vec::with_capacity(rows.tokens.len()),
-        loss_mask: Vec::with_capacity(rows.tokens.len()),
-        segment_ids: Vec::with_capacity(rows.tokens.len()),
-    };
-    for r in perm {
-        out.tokens
-            .extend_from_slice(&rows.tokens[r * s..(r + 1) * s]);
-        out.loss_mask
-            .extend_from_slice(&rows.loss_mask[r * s..(r + 1) * s]);
-        out.segment_ids
-            .extend_from_slice(&rows.segment_ids[r * s..(r + 1) * s]);
-    }
-    out
+    perm
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -415,23 +400,28 @@ pub fn write_splits(
                 "split name {split:?} cannot name a folder"
             )));
         }
-        let rows = layout(&exs, seq_len, cfg.mode, tok.pad_id);
-        let rows = shuffle_rows(&rows, cfg.shuffle_seed);
-        let files = write_rows(
-            &rows,
+        // Rows are laid out batch by batch as they are written, in shuffled order: memory holds
+        // the encoded examples and one record batch, never the padded rows of the whole split.
+        let lengths: Vec<usize> = exs.iter().map(|e| e.tokens.len()).collect();
+        let groups = plan(&lengths, seq_len, cfg.mode);
+        let order = shuffled_order(groups.len(), cfg.shuffle_seed);
+        let files = write_rows_with(
+            groups.len(),
+            seq_len,
             &out.join(&split),
             out,
             cfg.rows_per_shard,
             cfg.batch_rows,
+            |r, batch| push_row(batch, &exs, &groups[order[r]], tok.pad_id),
         )?;
-        let real = rows.real_tokens();
+        let real: usize = lengths.iter().sum();
         let info = SplitInfo {
             files,
-            rows: rows.len(),
+            rows: groups.len(),
             examples: exs.len(),
             tokens: real,
-            loss_tokens: rows.loss_mask.iter().filter(|&&l| l == 1).count(),
-            pad_tokens: rows.tokens.len() - real,
+            loss_tokens: exs.iter().map(Encoded::loss_tokens).sum(),
+            pad_tokens: groups.len() * seq_len - real,
         };
         report.rows += info.rows;
         report.pad_tokens += info.pad_tokens;
@@ -482,6 +472,8 @@ pub fn run(
         &mut report,
     )?;
     drop(rendered);
+    let source_rows = convs.len();
+    drop(convs);
     let splits = write_splits(examples, out, cfg, &tok, &mut report)?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -499,7 +491,7 @@ pub fn run(
         pad_id: tok.pad_id,
         source_path: source_path.display().to_string(),
         source_sha256,
-        source_rows: convs.len(),
+        source_rows,
         shuffle_seed: cfg.shuffle_seed,
         splits,
     };

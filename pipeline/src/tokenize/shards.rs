@@ -160,13 +160,42 @@ pub fn write_rows(
     rows_per_shard: usize,
     batch_rows: usize,
 ) -> Result<Vec<ShardFile>> {
+    let s = rows.seq_len;
+    write_rows_with(
+        rows.len(),
+        s,
+        dir,
+        rel_base,
+        rows_per_shard,
+        batch_rows,
+        |r, batch| {
+            let span = r * s..(r + 1) * s;
+            batch.tokens.extend_from_slice(&rows.tokens[span.clone()]);
+            batch
+                .loss_mask
+                .extend_from_slice(&rows.loss_mask[span.clone()]);
+            batch.segment_ids.extend_from_slice(&rows.segment_ids[span]);
+        },
+    )
+}
+
+/// Like [`write_rows`], but the rows are produced on the fly: `fill(r, batch)` appends row `r`
+/// (`seq_len` tokens, loss flags and segment ids) to `batch`. Only one record batch is ever held
+/// in memory, so the shards of a corpus can be larger than the machine's memory.
+pub fn write_rows_with(
+    n: usize,
+    seq_len: usize,
+    dir: &Path,
+    rel_base: &Path,
+    rows_per_shard: usize,
+    batch_rows: usize,
+    mut fill: impl FnMut(usize, &mut Rows),
+) -> Result<Vec<ShardFile>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let seq_len = rows.seq_len;
     let schema = Arc::new(schema(seq_len));
     let rows_per_shard = rows_per_shard.max(1);
     let batch_rows = batch_rows.clamp(1, rows_per_shard);
     let mut files = Vec::new();
-    let n = rows.len();
     let mut start = 0;
     while start < n || (n == 0 && files.is_empty()) {
         let end = (start + rows_per_shard).min(n);
@@ -176,22 +205,38 @@ pub fn write_rows(
         let mut b = start;
         while b < end {
             let e = (b + batch_rows).min(end);
-            let (lo, hi) = (b * seq_len, e * seq_len);
+            let mut batch = Rows::with_capacity(seq_len, e - b);
+            for r in b..e {
+                fill(r, &mut batch);
+            }
+            if batch.tokens.len() != (e - b) * seq_len
+                || batch.loss_mask.len() != batch.tokens.len()
+                || batch.segment_ids.len() != batch.tokens.len()
+            {
+                return Err(Error::Config(format!(
+                    "{}: rows {b}..{e} were laid out with {}/{}/{} values, expected {} each",
+                    path.display(),
+                    batch.tokens.len(),
+                    batch.loss_mask.len(),
+                    batch.segment_ids.len(),
+                    (e - b) * seq_len
+                )));
+            }
             let batch = RecordBatch::try_new(
                 schema.clone(),
                 vec![
                     fsl(
-                        Arc::new(UInt32Array::from(rows.tokens[lo..hi].to_vec())),
+                        Arc::new(UInt32Array::from(batch.tokens)),
                         DataType::UInt32,
                         seq_len,
                     ),
                     fsl(
-                        Arc::new(UInt8Array::from(rows.loss_mask[lo..hi].to_vec())),
+                        Arc::new(UInt8Array::from(batch.loss_mask)),
                         DataType::UInt8,
                         seq_len,
                     ),
                     fsl(
-                        Arc::new(UInt32Array::from(rows.segment_ids[lo..hi].to_vec())),
+                        Arc::new(UInt32Array::from(batch.segment_ids)),
                         DataType::UInt32,
                         seq_len,
                     ),
