@@ -33,7 +33,7 @@ use koala_kernels::comm::{Communicator, ReduceOp, shard_len, shard_range};
 use crate::hparams::Hyper;
 use crate::model::Llama;
 use crate::optim::AdamW;
-use crate::weights::{HostTensor, Tensors};
+use crate::weights::{HostTensor, ParamSpec, Tensors};
 use crate::{Error, Result};
 
 /// The largest CUDA ordinal accepted (a sanity bound, not a hardware query).
@@ -253,6 +253,30 @@ pub fn agree<B: Backend, C: Communicator<B>, T>(comm: &C, r: Result<T>) -> Resul
     }
 }
 
+/// All-gathers one fp32 shard per rank into the full tensor `spec` and, on rank 0, stores it in
+/// `out` under `name`. A collective.
+fn gather_into<B: Backend, C: Communicator<B>>(
+    be: &B,
+    comm: &C,
+    shard: &B::Buf,
+    spec: &ParamSpec,
+    name: String,
+    out: &mut Tensors,
+) -> Result<()> {
+    let mut full = be.zeros_state(spec.numel())?;
+    comm.all_gather(be, shard, &mut full)?;
+    if comm.rank() == 0 {
+        out.insert(
+            name,
+            HostTensor {
+                shape: spec.shape.clone(),
+                data: be.download(&full)?,
+            },
+        );
+    }
+    Ok(())
+}
+
 /// ZeRO-1 state of one parameter: this rank's shard of the parameter and of the summed gradient.
 struct Shard<B: Backend> {
     param: B::Buf,
@@ -406,17 +430,7 @@ impl<B: Backend> DpAdamW<B> {
         let mut out = Tensors::new();
         for (s, sh) in model.specs.iter().zip(shards) {
             let master = be.upload_state(&be.download_param(&sh.param)?)?;
-            let mut full = be.zeros_state(s.numel())?;
-            comm.all_gather(be, &master, &mut full)?;
-            if comm.rank() == 0 {
-                out.insert(
-                    s.name.clone(),
-                    HostTensor {
-                        shape: s.shape.clone(),
-                        data: be.download(&full)?,
-                    },
-                );
-            }
+            gather_into(be, comm, &master, s, s.name.clone(), &mut out)?;
         }
         Ok((comm.rank() == 0).then_some(out))
     }
@@ -440,17 +454,7 @@ impl<B: Backend> DpAdamW<B> {
         let mut out = Tensors::new();
         for (i, s) in model.specs.iter().enumerate() {
             for (prefix, shard) in [("m", &self.adam.m[i]), ("v", &self.adam.v[i])] {
-                let mut full = be.zeros_state(s.numel())?;
-                comm.all_gather(be, shard, &mut full)?;
-                if comm.rank() == 0 {
-                    out.insert(
-                        format!("{prefix}.{}", s.name),
-                        HostTensor {
-                            shape: s.shape.clone(),
-                            data: be.download(&full)?,
-                        },
-                    );
-                }
+                gather_into(be, comm, shard, s, format!("{prefix}.{}", s.name), &mut out)?;
             }
         }
         Ok((comm.rank() == 0).then_some(out))
