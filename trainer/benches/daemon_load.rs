@@ -6,11 +6,16 @@
 //! the very first wave on fresh connections on its own (cold: buffers and tables still growing),
 //! and the training step-time slowdown (median step time under load ÷ median without load).
 //!
+//! Where `h2load` (nghttp2's HTTP/2 load generator) is installed, a last phase drives the same
+//! GetJob/ListJobs mix from it, 1,000 calls in flight at all times while a job trains: the
+//! daemon's latency with a client far cheaper per call than tonic's on the same two cores.
+//!
 //! ```sh
 //! cargo bench -p koala-trainer --bench daemon_load
 //! # knobs: KOALA_BENCH_CALLS (1000), KOALA_BENCH_STEPS (30), KOALA_BENCH_CHANNELS (8),
 //! #        KOALA_BENCH_PAGE (ListJobs page size, 50), KOALA_BENCH_NICE (training_nice, 10),
 //! #        KOALA_BENCH_VERBOSE (set: print every wave's p99 and wall time),
+//! #        KOALA_H2LOAD (h2load binary; default `h2load` on PATH), KOALA_BENCH_H2_SECONDS (3),
 //! #        KOALA_TRAINERD (path of the daemon binary; default: the one cargo built)
 //! ```
 use std::io::{BufRead, BufReader};
@@ -116,6 +121,31 @@ async fn wait_state(c: &mut Client, id: u64, st: JobState) {
     }
 }
 
+async fn wait_step(c: &mut Client, id: u64, step: u64) {
+    loop {
+        let j = c.get_job(GetJobRequest { id }).await.unwrap().into_inner();
+        if j.step >= step {
+            return;
+        }
+        assert!(
+            j.state() == JobState::Running || j.state() == JobState::Queued,
+            "job {id}: {:?}",
+            j.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_state_any_end(c: &mut Client, id: u64) {
+    loop {
+        let j = c.get_job(GetJobRequest { id }).await.unwrap().into_inner();
+        if koala_trainer::daemon::store::is_terminal(j.state()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Step durations (ms) of a job from its stored metric timestamps, skipping step 1 (warm-up),
 /// optionally only for steps that ended inside `[from, to]` (Unix ms).
 async fn step_times(c: &mut Client, id: u64, window: Option<(i64, i64)>) -> Vec<f64> {
@@ -164,14 +194,130 @@ async fn wave(clients: &[Client], n: usize, job: u64, page: u32) -> Vec<f64> {
     out
 }
 
-fn summary(name: &str, lat: &mut [f64]) -> serde_json::Value {
+fn summary_quiet(lat: &mut [f64]) -> serde_json::Value {
     lat.sort_by(|a, b| a.total_cmp(b));
     let (p50, p90, p99, max) = (pct(lat, 0.5), pct(lat, 0.9), pct(lat, 0.99), pct(lat, 1.0));
-    println!(
-        "{name:<28} calls {:>6}  p50 {p50:>7.2} ms  p90 {p90:>7.2} ms  p99 {p99:>7.2} ms  max {max:>7.2} ms",
-        lat.len()
-    );
     serde_json::json!({"calls": lat.len(), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max})
+}
+
+fn summary(name: &str, lat: &mut [f64]) -> serde_json::Value {
+    let s = summary_quiet(lat);
+    let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{name:<28} calls {:>6}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        lat.len(),
+        f("p50_ms"),
+        f("p90_ms"),
+        f("p99_ms"),
+        f("max_ms")
+    );
+    s
+}
+
+/// One gRPC message as it goes on the wire (uncompressed flag, big-endian length, payload).
+fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The h2load binary (nghttp2's HTTP/2 load generator), if there is one.
+fn find_h2load() -> Option<String> {
+    let bin = std::env::var("KOALA_H2LOAD").unwrap_or_else(|_| "h2load".into());
+    match Command::new(&bin).arg("--version").output() {
+        Ok(o) if o.status.success() => Some(bin),
+        _ => None,
+    }
+}
+
+/// What one h2load run reported: per-request latencies (ms) from its log file, and its summary.
+struct H2Run {
+    lat: Vec<f64>,
+    done: u64,
+    succeeded: u64,
+    data_bytes: u64,
+}
+
+/// Runs h2load against one unary method for `secs` seconds after `warm` seconds of unmeasured
+/// warm-up, with `conns` connections of `streams` concurrent calls each.
+#[allow(clippy::too_many_arguments)]
+fn h2load(
+    bin: &str,
+    addr: &str,
+    method: &str,
+    body: &Path,
+    log: &Path,
+    conns: usize,
+    streams: usize,
+    secs: f64,
+    warm: f64,
+) -> std::process::Child {
+    Command::new(bin)
+        .args(["-c", &conns.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &format!("{}ms", (secs * 1e3) as u64)])
+        .args(["--warm-up-time", &format!("{}ms", (warm * 1e3) as u64)])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-H", &format!("authorization: Bearer {TOKEN}")])
+        .arg("--log-file")
+        .arg(log)
+        .arg(format!(
+            "http://{addr}/koala.trainer.v1.TrainerService/{method}"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"))
+}
+
+fn h2load_result(child: std::process::Child, log: &Path) -> H2Run {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "h2load failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout"
+    let field = |line: &str, key: &str| -> u64 {
+        line.split(',')
+            .find_map(|part| part.trim().strip_suffix(key).map(str::trim))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let req = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or("");
+    let traffic = text
+        .lines()
+        .find(|l| l.starts_with("traffic:"))
+        .unwrap_or("");
+    // "traffic: 1.2MB (1234) total, 10KB (10000) headers (space savings 90%), 1MB (1000) data"
+    let data_bytes = traffic
+        .split(',')
+        .find(|p| p.trim_end().ends_with("data"))
+        .and_then(|p| p.split('(').nth(1))
+        .and_then(|p| p.split(')').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Log lines: start (µs since epoch), HTTP status, duration (µs).
+    let lat = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .map(|us| us / 1e3)
+        .collect();
+    H2Run {
+        lat,
+        done: field(req, "done"),
+        succeeded: field(req, "succeeded"),
+        data_bytes,
+    }
 }
 
 async fn bench() {
@@ -296,6 +442,82 @@ async fn bench() {
         idle_lat.extend(wave(&clients, calls, b.id, page).await);
     }
 
+    // Phase D: the same load from h2load, a C HTTP/2 load generator far cheaper per call than a
+    // tonic client, so that more of the two cores go to the daemon, as with remote clients:
+    // half the calls GetJob, half ListJobs, 1,000 in flight at all times for `h2_secs` seconds
+    // (after 0.5 s of unmeasured warm-up) while a job trains.
+    let h2_secs = env_num("KOALA_BENCH_H2_SECONDS", 3) as f64;
+    let mut h2 = None;
+    match find_h2load() {
+        None => println!(
+            "h2load phase skipped: no h2load (Debian package nghttp2-client, or KOALA_H2LOAD)"
+        ),
+        Some(bin) => {
+            let d = c
+                .submit_job(spec("loaded-h2load", steps * 10))
+                .await
+                .unwrap()
+                .into_inner();
+            wait_step(&mut c, d.id, 2).await;
+            let get_body = dir.path().join("getjob.bin");
+            let list_body = dir.path().join("listjobs.bin");
+            std::fs::write(&get_body, grpc_frame(&GetJobRequest { id: d.id })).unwrap();
+            std::fs::write(
+                &list_body,
+                grpc_frame(&ListJobsRequest {
+                    page_size: page,
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+            let (get_log, list_log) = (dir.path().join("get.log"), dir.path().join("list.log"));
+            let half = (calls / 2).max(1);
+            let conns = (n_channels / 2).max(1);
+            let streams = half.div_ceil(conns);
+            let t0 = koala_trainer::daemon::store::now_ms() + 500;
+            let g = h2load(
+                &bin, &opts.addr, "GetJob", &get_body, &get_log, conns, streams, h2_secs, 0.5,
+            );
+            let l = h2load(
+                &bin, &opts.addr, "ListJobs", &list_body, &list_log, conns, streams, h2_secs, 0.5,
+            );
+            let (g, l) = (h2load_result(g, &get_log), h2load_result(l, &list_log));
+            let t1 = koala_trainer::daemon::store::now_ms();
+            let still = c
+                .get_job(GetJobRequest { id: d.id })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                still.state(),
+                JobState::Running,
+                "the job ended during the h2load phase"
+            );
+            c.cancel_job(CancelJobRequest { id: d.id }).await.unwrap();
+            for (name, r) in [("GetJob", &g), ("ListJobs", &l)] {
+                // A gRPC error is HTTP 200 with no DATA; every call must have returned a message.
+                assert!(
+                    r.done > 0 && r.succeeded == r.done && r.data_bytes >= r.done * 10,
+                    "h2load {name}: {} done, {} succeeded, {} data bytes",
+                    r.done,
+                    r.succeeded,
+                    r.data_bytes
+                );
+            }
+            let mut lat: Vec<f64> = g.lat.iter().chain(&l.lat).copied().collect();
+            let calls_per_s = lat.len() as f64 / h2_secs;
+            wait_state_any_end(&mut c, d.id).await;
+            let mut steps_h2 = step_times(&mut c, d.id, Some((t0, t1))).await;
+            h2 = Some((
+                lat.len(),
+                calls_per_s,
+                summary_quiet(&mut lat),
+                median(&mut steps_h2),
+                steps_h2.len(),
+            ));
+        }
+    }
+
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -338,12 +560,30 @@ async fn bench() {
             "NOT met"
         }
     );
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "calls_per_wave": calls, "channels": n_channels, "list_page": page, "training_nice": nice, "waves": waves, "cores": cores,
         "loadavg": load.trim(), "cold_wave": s_cold, "first_wave": s_first, "training": s_loaded, "idle": s_idle,
         "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
         "step_slowdown": slowdown,
     });
+    if let Some((n, rate, s, step_ms, n_steps)) = &h2 {
+        let p99 = s["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+        println!(
+            "h2load, training             calls {n:>6}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {p99:>7.2} ms  max {:>7.2} ms  ({rate:.0} calls/s; p99 goal < 50 ms: {})",
+            s["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            s["p90_ms"].as_f64().unwrap_or(f64::NAN),
+            s["max_ms"].as_f64().unwrap_or(f64::NAN),
+            if p99 < 50.0 { "met" } else { "NOT met" }
+        );
+        println!(
+            "h2load step time: under load median {step_ms:.1} ms ({n_steps} steps): slowdown {:.2}x",
+            step_ms / m_alone
+        );
+    }
+    if let Some((n, rate, s, step_ms, _)) = h2 {
+        report["h2load"] = serde_json::json!({"calls": n, "calls_per_s": rate, "latency": s,
+            "step_ms_median": step_ms, "step_slowdown": step_ms / m_alone});
+    }
     println!("{report}");
     let _ = child.kill();
     let _ = child.wait();
