@@ -201,39 +201,8 @@ pub fn plan(device: &str, workers: usize) -> Result<Plan> {
     }
 }
 
-/// The communicator of a group of one: every collective is the identity (a copy).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Solo;
-
-impl<B: Backend> Communicator<B> for Solo {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world_size(&self) -> usize {
-        1
-    }
-    fn all_reduce(&self, _be: &B, _buf: &mut B::Buf, _op: ReduceOp) -> koala_kernels::Result<()> {
-        Ok(())
-    }
-    fn reduce_scatter(
-        &self,
-        be: &B,
-        full: &B::Buf,
-        shard: &mut B::Buf,
-        _op: ReduceOp,
-    ) -> koala_kernels::Result<()> {
-        be.copy(shard, full)
-    }
-    fn all_gather(&self, be: &B, shard: &B::Buf, full: &mut B::Buf) -> koala_kernels::Result<()> {
-        be.copy(full, shard)
-    }
-    fn all_reduce_scalar(&self, x: f64, _op: ReduceOp) -> koala_kernels::Result<f64> {
-        Ok(x)
-    }
-    fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> koala_kernels::Result<()> {
-        be.copy(shard, full)
-    }
-}
+/// The communicator of a group of one (every collective is the identity).
+pub use koala_kernels::comm::Solo;
 
 /// The message of the error a rank returns when another rank failed (the group reports the
 /// failing rank's own error instead).
@@ -345,7 +314,7 @@ impl<B: Backend> DpAdamW<B> {
             adam.v.push(be.zeros_state(s)?);
             shards.push(Shard {
                 param: be.upload_param(&host)?,
-                grad: be.zeros(s)?,
+                grad: be.zeros_state(s)?,
             });
         }
         Ok(Self {

@@ -48,7 +48,7 @@ impl<B: Backend> DpOptimizer<B> {
                     m: be.zeros_state(s)?,
                     v: be.zeros_state(s)?,
                     param_shard: Some(shard),
-                    grad_shard: Some(be.zeros(s)?),
+                    grad_shard: Some(be.zeros_state(s)?),
                 });
             } else {
                 slots.push(Slot {

@@ -98,54 +98,8 @@ fn launch_cuda<W: Worker>(devices: &[DeviceSpec], worker: &W) -> Result<Vec<W::O
         .map(|&o| CudaBackend::new(o, Precision::Bf16))
         .collect::<Result<Vec<_>>>()?;
     if world == 1 {
-        struct Solo;
-        impl Communicator<CudaBackend> for Solo {
-            fn rank(&self) -> usize {
-                0
-            }
-            fn world_size(&self) -> usize {
-                1
-            }
-            fn all_reduce(
-                &self,
-                _: &CudaBackend,
-                _: &mut crate::cuda::CudaBuf,
-                _: super::ReduceOp,
-            ) -> Result<()> {
-                Ok(())
-            }
-            fn reduce_scatter(
-                &self,
-                be: &CudaBackend,
-                full: &crate::cuda::CudaBuf,
-                shard: &mut crate::cuda::CudaBuf,
-                _: super::ReduceOp,
-            ) -> Result<()> {
-                be.ensure_dtype(shard, crate::cuda::DType::F32)?;
-                be.copy(shard, full)
-            }
-            fn all_gather(
-                &self,
-                be: &CudaBackend,
-                shard: &crate::cuda::CudaBuf,
-                full: &mut crate::cuda::CudaBuf,
-            ) -> Result<()> {
-                be.copy(full, shard)
-            }
-            fn all_reduce_scalar(&self, x: f64, _: super::ReduceOp) -> Result<f64> {
-                Ok(x)
-            }
-            fn local_shard(
-                &self,
-                be: &CudaBackend,
-                full: &crate::cuda::CudaBuf,
-                shard: &mut crate::cuda::CudaBuf,
-            ) -> Result<()> {
-                be.ensure_dtype(shard, full.dtype())?;
-                be.copy(shard, full)
-            }
-        }
-        return Ok(vec![worker.run(&backends[0], &Solo)?]);
+        // Gradient shards are fp32 state (`zeros_state`), so the plain copy keeps them fp32.
+        return Ok(vec![worker.run(&backends[0], &super::Solo)?]);
     }
     let id = super::NcclComm::new_id()?;
     let results = std::thread::scope(|s| {

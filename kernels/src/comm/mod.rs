@@ -94,3 +94,38 @@ pub trait Communicator<B: Backend>: Send {
     /// Local copy, no communication: `shard = full[shard_range(rank)]`, zero-padded.
     fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> Result<()>;
 }
+
+/// The communicator of a group of one: every collective is the identity (a copy into the output,
+/// which keeps the output's dtype: reduce-scatter into an fp32 state buffer stays fp32).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Solo;
+
+impl<B: Backend> Communicator<B> for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce(&self, _be: &B, _buf: &mut B::Buf, _op: ReduceOp) -> Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter(
+        &self,
+        be: &B,
+        full: &B::Buf,
+        shard: &mut B::Buf,
+        _op: ReduceOp,
+    ) -> Result<()> {
+        be.copy(shard, full)
+    }
+    fn all_gather(&self, be: &B, shard: &B::Buf, full: &mut B::Buf) -> Result<()> {
+        be.copy(full, shard)
+    }
+    fn all_reduce_scalar(&self, x: f64, _op: ReduceOp) -> Result<f64> {
+        Ok(x)
+    }
+    fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> Result<()> {
+        be.copy(shard, full)
+    }
+}
