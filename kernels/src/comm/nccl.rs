@@ -220,8 +220,10 @@ impl Communicator<CudaBackend> for NcclComm {
                 .memcpy_dtod(&src, &mut dst)
                 .map_err(|e| Error::Device(format!("copy: {e:?}")))?;
         }
-        // `full` has a new value: a master copy it carries must follow it (as `copy` does).
-        be.refresh_master(full)
+        // `full` now holds values gathered from the shards (which step, and keep their own
+        // masters): a master copy it carried is stale, so it is dropped, freeing its memory.
+        be.drop_master(full);
+        Ok(())
     }
 
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64> {

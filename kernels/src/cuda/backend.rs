@@ -503,13 +503,10 @@ impl CudaBackend {
     }
 
     /// A new fp32 slice holding `src`'s values.
-    /// After a buffer's storage was overwritten in place (a collective's output), resets its fp32
-    /// master copy, where it has one, to the new value.
-    pub(crate) fn refresh_master(&self, buf: &mut CudaBuf) -> Result<()> {
-        if buf.master.is_some() {
-            buf.master = Some(self.to_f32_slice(buf)?);
-        }
-        Ok(())
+    /// Drops a buffer's fp32 master copy: for a buffer whose storage a collective overwrote
+    /// (the all-gathered parameters of ZeRO-1, whose masters live in the shards).
+    pub(crate) fn drop_master(&self, buf: &mut CudaBuf) {
+        buf.master = None;
     }
 
     fn to_f32_slice(&self, src: &CudaBuf) -> Result<CudaSlice<f32>> {
