@@ -89,14 +89,14 @@ TOML
     exit 1
   fi
   addr=${line#listening on }
-  echo "== submit --watch: tiny LLaMA (vocab $vocab) from scratch, $steps steps, via $addr"
+  echo "== submit --watch: tiny LLaMA (vocab $vocab) from scratch, at most $steps steps (fewer if the epochs end first), via $addr"
   watch_flags=(--watch)
   [ -t 1 ] || watch_flags+=(--plain)
   "$koala" submit --addr "$addr" --token-file "$root/daemon-token" "${watch_flags[@]}" \
     "$root/job.toml"
   "$koala" jobs --addr "$addr" --token-file "$root/daemon-token"
 else
-  echo "== train: tiny LLaMA (vocab $vocab) from scratch, $steps steps"
+  echo "== train: tiny LLaMA (vocab $vocab) from scratch, at most $steps steps (fewer if the epochs end first)"
   "$koala" train --config "$out/train.toml"
 fi
 
