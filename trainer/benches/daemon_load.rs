@@ -232,6 +232,16 @@ fn find_h2load() -> Option<String> {
     }
 }
 
+/// The h2load phase's figures: calls measured, their rate, latency summary, and the training job's
+/// median step time (and step count) during the phase.
+struct H2Phase {
+    calls: usize,
+    calls_per_s: f64,
+    latency: serde_json::Value,
+    step_ms: f64,
+    steps: usize,
+}
+
 /// What one h2load run reported: per-request latencies (ms) from its log file, and its summary.
 struct H2Run {
     lat: Vec<f64>,
@@ -508,13 +518,13 @@ async fn bench() {
             let calls_per_s = lat.len() as f64 / h2_secs;
             wait_state_any_end(&mut c, d.id).await;
             let mut steps_h2 = step_times(&mut c, d.id, Some((t0, t1))).await;
-            h2 = Some((
-                lat.len(),
+            h2 = Some(H2Phase {
+                calls: lat.len(),
                 calls_per_s,
-                summary_quiet(&mut lat),
-                median(&mut steps_h2),
-                steps_h2.len(),
-            ));
+                latency: summary_quiet(&mut lat),
+                step_ms: median(&mut steps_h2),
+                steps: steps_h2.len(),
+            });
         }
     }
 
@@ -566,7 +576,14 @@ async fn bench() {
         "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
         "step_slowdown": slowdown,
     });
-    if let Some((n, rate, s, step_ms, n_steps)) = &h2 {
+    if let Some(H2Phase {
+        calls: n,
+        calls_per_s: rate,
+        latency: s,
+        step_ms,
+        steps: n_steps,
+    }) = &h2
+    {
         let p99 = s["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
         println!(
             "h2load, training             calls {n:>6}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {p99:>7.2} ms  max {:>7.2} ms  ({rate:.0} calls/s; p99 goal < 50 ms: {})",
@@ -580,9 +597,9 @@ async fn bench() {
             step_ms / m_alone
         );
     }
-    if let Some((n, rate, s, step_ms, _)) = h2 {
-        report["h2load"] = serde_json::json!({"calls": n, "calls_per_s": rate, "latency": s,
-            "step_ms_median": step_ms, "step_slowdown": step_ms / m_alone});
+    if let Some(h) = h2 {
+        report["h2load"] = serde_json::json!({"calls": h.calls, "calls_per_s": h.calls_per_s,
+            "latency": h.latency, "step_ms_median": h.step_ms, "step_slowdown": h.step_ms / m_alone});
     }
     println!("{report}");
     let _ = child.kill();
