@@ -78,13 +78,13 @@ pub trait Backend: Send + Sync {
     fn download_param(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
         self.download(buf)
     }
-    /// Optimizer state (AdamW `m`, `v`) from host data, stored in fp32 whatever the compute
-    /// precision.
-    fn upload_state(&self, data: &[f32]) -> Result<Self::Buf> {
+    /// A buffer stored in fp32 whatever the compute precision, from host data: optimizer state
+    /// (AdamW `m`, `v`) and loss weights, which bf16 would round to 8 bits.
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buf> {
         self.upload(data)
     }
-    /// Zero-filled fp32 optimizer state.
-    fn zeros_state(&self, len: usize) -> Result<Self::Buf> {
+    /// A zero-filled buffer stored in fp32 whatever the compute precision (optimizer state).
+    fn zeros_f32(&self, len: usize) -> Result<Self::Buf> {
         self.zeros(len)
     }
     /// Number of elements in a buffer.

@@ -232,7 +232,7 @@ fn gather_into<B: Backend, C: Communicator<B>>(
     name: String,
     out: &mut Tensors,
 ) -> Result<()> {
-    let mut full = be.zeros_state(spec.numel())?;
+    let mut full = be.zeros_f32(spec.numel())?;
     comm.all_gather(be, shard, &mut full)?;
     if comm.rank() == 0 {
         out.insert(
@@ -310,11 +310,11 @@ impl<B: Backend> DpAdamW<B> {
             // it needs no master copy: re-upload it plain, which frees that copy (ZeRO-1 is about
             // not holding full-size fp32 state on every rank).
             *p = be.upload(&full)?;
-            adam.m.push(be.zeros_state(s)?);
-            adam.v.push(be.zeros_state(s)?);
+            adam.m.push(be.zeros_f32(s)?);
+            adam.v.push(be.zeros_f32(s)?);
             shards.push(Shard {
                 param: be.upload_param(&host)?,
-                grad: be.zeros_state(s)?,
+                grad: be.zeros_f32(s)?,
             });
         }
         Ok(Self {
@@ -398,7 +398,7 @@ impl<B: Backend> DpAdamW<B> {
         };
         let mut out = Tensors::new();
         for (s, sh) in model.specs.iter().zip(shards) {
-            let master = be.upload_state(&be.download_param(&sh.param)?)?;
+            let master = be.upload_f32(&be.download_param(&sh.param)?)?;
             gather_into(be, comm, &master, s, s.name.clone(), &mut out)?;
         }
         Ok((comm.rank() == 0).then_some(out))
@@ -458,7 +458,7 @@ impl<B: Backend> DpAdamW<B> {
                 let range = shard_range(h.data.len(), world, comm.rank());
                 let mut host = vec![0.0f32; shard_len(h.data.len(), world)];
                 host[..range.len()].copy_from_slice(&h.data[range]);
-                *dst = be.upload_state(&host)?;
+                *dst = be.upload_f32(&host)?;
             }
         }
         self.adam.step = step;

@@ -368,7 +368,8 @@ impl<B: Backend> Llama<B> {
         }
         self.forward(be, inp)?;
         let v = self.cfg.vocab_size;
-        let wbuf = be.upload(weights)?;
+        // fp32 on every backend: in bf16, `1/count` would be rounded to 8 bits.
+        let wbuf = be.upload_f32(weights)?;
         let losses = {
             let a = self
                 .acts

@@ -34,8 +34,8 @@ impl<B: Backend> AdamW<B> {
         let mut m = Vec::with_capacity(model.specs.len());
         let mut v = Vec::with_capacity(model.specs.len());
         for s in &model.specs {
-            m.push(be.zeros_state(s.numel())?);
-            v.push(be.zeros_state(s.numel())?);
+            m.push(be.zeros_f32(s.numel())?);
+            v.push(be.zeros_f32(s.numel())?);
         }
         Ok(AdamW {
             m,
@@ -141,7 +141,7 @@ impl<B: Backend> AdamW<B> {
                         h.shape
                     )));
                 }
-                *dst = be.upload_state(&h.data)?;
+                *dst = be.upload_f32(&h.data)?;
             }
         }
         self.step = step;

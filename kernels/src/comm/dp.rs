@@ -50,15 +50,15 @@ impl<B: Backend> DpOptimizer<B> {
                 host[..range.len()].copy_from_slice(&full[range]);
                 let shard = be.upload_param(&host)?;
                 slots.push(Slot {
-                    m: be.zeros_state(s)?,
-                    v: be.zeros_state(s)?,
+                    m: be.zeros_f32(s)?,
+                    v: be.zeros_f32(s)?,
                     param_shard: Some(shard),
-                    grad_shard: Some(be.zeros_state(s)?),
+                    grad_shard: Some(be.zeros_f32(s)?),
                 });
             } else {
                 slots.push(Slot {
-                    m: be.zeros_state(len)?,
-                    v: be.zeros_state(len)?,
+                    m: be.zeros_f32(len)?,
+                    v: be.zeros_f32(len)?,
                     param_shard: None,
                     grad_shard: None,
                 });

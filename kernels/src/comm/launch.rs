@@ -98,7 +98,7 @@ fn launch_cuda<W: Worker>(devices: &[DeviceSpec], worker: &W) -> Result<Vec<W::O
         .map(|&o| CudaBackend::new(o, Precision::Bf16))
         .collect::<Result<Vec<_>>>()?;
     if world == 1 {
-        // Gradient shards are fp32 state (`zeros_state`), so the plain copy keeps them fp32.
+        // Gradient shards are fp32 state (`zeros_f32`), so the plain copy keeps them fp32.
         return Ok(vec![worker.run(&backends[0], &super::Solo)?]);
     }
     let id = super::NcclComm::new_id()?;

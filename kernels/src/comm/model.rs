@@ -376,7 +376,7 @@ impl<B: Backend> TinyLlama<B> {
         let targets = be.upload_ids(&batch.targets)?;
         let pos = be.upload_ids(&batch.positions)?;
         let seg = be.upload_ids(&batch.segments)?;
-        let weights = be.upload(&batch.weights)?;
+        let weights = be.upload_f32(&batch.weights)?;
 
         // ---- forward ----
         let mut x = be.zeros(n * c)?;

@@ -709,11 +709,11 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn upload_state(&self, data: &[f32]) -> Result<CudaBuf> {
+    fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
         self.upload_dtype(data, DType::F32)
     }
 
-    fn zeros_state(&self, len: usize) -> Result<CudaBuf> {
+    fn zeros_f32(&self, len: usize) -> Result<CudaBuf> {
         self.zeros_dtype(len, DType::F32)
     }
 
