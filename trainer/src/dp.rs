@@ -28,7 +28,7 @@
 //! assert!(DeviceRequest::parse("tpu").is_err());
 //! ```
 use koala_kernels::Backend;
-use koala_kernels::comm::{Communicator, ReduceOp, shard_len, shard_range};
+use koala_kernels::comm::{Communicator, ReduceOp, host_shard, shard_len};
 
 use crate::hparams::Hyper;
 use crate::model::Llama;
@@ -300,12 +300,9 @@ impl<B: Backend> DpAdamW<B> {
         for p in &mut model.params {
             let len = be.len(p);
             let s = shard_len(len, world);
-            // The shard is the one that steps: build it from the full-precision values (the master
-            // weights of a bf16 backend), not from the possibly rounded buffer the forward reads.
+            // The shard is the one that steps: it starts from the full-precision values.
             let full = be.download_param(p)?;
-            let range = shard_range(len, world, comm.rank());
-            let mut host = vec![0.0f32; s];
-            host[..range.len()].copy_from_slice(&full[range]);
+            let param = be.upload_param(&host_shard(&full, world, comm.rank()))?;
             // The full buffer is only read by the forward and overwritten by the all-gather, so
             // it needs no master copy: re-upload it plain, which frees that copy (ZeRO-1 is about
             // not holding full-size fp32 state on every rank).
@@ -313,7 +310,7 @@ impl<B: Backend> DpAdamW<B> {
             adam.m.push(be.zeros_f32(s)?);
             adam.v.push(be.zeros_f32(s)?);
             shards.push(Shard {
-                param: be.upload_param(&host)?,
+                param,
                 grad: be.zeros_f32(s)?,
             });
         }
@@ -455,10 +452,7 @@ impl<B: Backend> DpAdamW<B> {
                         h.shape
                     )));
                 }
-                let range = shard_range(h.data.len(), world, comm.rank());
-                let mut host = vec![0.0f32; shard_len(h.data.len(), world)];
-                host[..range.len()].copy_from_slice(&h.data[range]);
-                *dst = be.upload_f32(&host)?;
+                *dst = be.upload_f32(&host_shard(&h.data, world, comm.rank()))?;
             }
         }
         self.adam.step = step;

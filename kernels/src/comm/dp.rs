@@ -10,7 +10,7 @@
 //!
 //! Both give the same parameters as one worker on the whole batch, within fp tolerance (the
 //! reduction order of the averaged gradient differs).
-use super::{Communicator, ReduceOp, shard_len, shard_range};
+use super::{Communicator, ReduceOp, host_shard, shard_len};
 use crate::{AdamWParams, Backend, Result};
 
 struct Slot<B: Backend> {
@@ -42,13 +42,9 @@ impl<B: Backend> DpOptimizer<B> {
             let len = be.len(p);
             if zero1 {
                 let s = shard_len(len, world);
-                // The shard steps, so it starts from the full-precision values (a bf16 backend's
-                // master weights), not from the rounded buffer the forward reads.
+                // The shard steps, so it starts from the full-precision values.
                 let full = be.download_param(p)?;
-                let range = shard_range(len, world, comm.rank());
-                let mut host = vec![0.0f32; s];
-                host[..range.len()].copy_from_slice(&full[range]);
-                let shard = be.upload_param(&host)?;
+                let shard = be.upload_param(&host_shard(&full, world, comm.rank()))?;
                 slots.push(Slot {
                     m: be.zeros_f32(s)?,
                     v: be.zeros_f32(s)?,

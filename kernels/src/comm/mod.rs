@@ -91,8 +91,17 @@ pub trait Communicator<B: Backend>: Send {
     fn all_gather(&self, be: &B, shard: &B::Buf, full: &mut B::Buf) -> Result<()>;
     /// `op` over ranks of one `f64` scalar (losses, norms), exact in `f64`.
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64>;
-    /// Local copy, no communication: `shard = full[shard_range(rank)]`, zero-padded.
-    fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> Result<()>;
+}
+
+/// This rank's shard of host values, no communication: `full[shard_range(rank)]`, zero-padded to
+/// [`shard_len`]. ZeRO-1 cuts its state with it on the host, from full-precision values
+/// ([`Backend::download_param`], checkpoints), and uploads the shard as a parameter or as fp32
+/// state, so that on a bf16 backend nothing that steps starts rounded.
+pub fn host_shard(full: &[f32], world: usize, rank: usize) -> Vec<f32> {
+    let range = shard_range(full.len(), world, rank);
+    let mut shard = vec![0.0f32; shard_len(full.len(), world)];
+    shard[..range.len()].copy_from_slice(&full[range]);
+    shard
 }
 
 /// The communicator of a group of one: every collective is the identity (a copy into the output,
@@ -124,8 +133,5 @@ impl<B: Backend> Communicator<B> for Solo {
     }
     fn all_reduce_scalar(&self, x: f64, _op: ReduceOp) -> Result<f64> {
         Ok(x)
-    }
-    fn local_shard(&self, be: &B, full: &B::Buf, shard: &mut B::Buf) -> Result<()> {
-        be.copy(shard, full)
     }
 }

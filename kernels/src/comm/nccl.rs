@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use cudarc::nccl::{Comm, Id};
 
-use super::{Communicator, ReduceOp, shard_len, shard_range};
+use super::{Communicator, ReduceOp, shard_len};
 use crate::cuda::{CudaBackend, CudaBuf, DType};
-use crate::{Backend, Error, Result};
+use crate::{Error, Result};
 
 /// One rank of an NCCL group.
 pub struct NcclComm {
@@ -240,31 +240,5 @@ impl Communicator<CudaBackend> for NcclComm {
         h.first()
             .copied()
             .ok_or_else(|| Error::Device("all_reduce_scalar: empty".into()))
-    }
-
-    fn local_shard(&self, be: &CudaBackend, full: &CudaBuf, shard: &mut CudaBuf) -> Result<()> {
-        let s = shard_len(full.len(), self.world);
-        if shard.len() != s {
-            return Err(Error::Shape {
-                op: "local_shard",
-                detail: format!("shard has {} elements, expected {s}", shard.len()),
-            });
-        }
-        be.ensure_dtype(shard, full.dtype())?;
-        be.fill_zero(shard)?;
-        let range = shard_range(full.len(), self.world, self.rank);
-        let es = if full.dtype() == DType::F32 { 4 } else { 2 };
-        if range.is_empty() {
-            return Ok(());
-        }
-        let (Some(src), Some(mut dst)) = (full.bytes(), shard.bytes_mut()) else {
-            return Err(Error::Device("local_shard: empty buffer".into()));
-        };
-        let src = src.slice(range.start * es..range.end * es);
-        let mut dst = dst.slice_mut(0..range.len() * es);
-        be.stream()
-            .memcpy_dtod(&src, &mut dst)
-            .map_err(|e| Error::Device(format!("copy: {e:?}")))?;
-        Ok(())
     }
 }

@@ -226,26 +226,12 @@ impl Communicator<CpuBackend> for ThreadComm {
             }
         })
     }
-
-    fn local_shard(&self, _be: &CpuBackend, full: &Vec<f32>, shard: &mut Vec<f32>) -> Result<()> {
-        let s = shard_len(full.len(), self.world);
-        if shard.len() != s {
-            return Err(Error::Shape {
-                op: "local_shard",
-                detail: format!("shard has {} elements, expected {s}", shard.len()),
-            });
-        }
-        let range = shard_range(full.len(), self.world, self.rank);
-        shard.iter_mut().for_each(|x| *x = 0.0);
-        let n = range.len();
-        shard[..n].copy_from_slice(&full[range]);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::comm::host_shard;
 
     fn run<R: Send>(world: usize, f: impl Fn(ThreadComm) -> R + Sync) -> Vec<R> {
         let comms = ThreadComm::group(world);
@@ -273,8 +259,7 @@ mod tests {
             // all_gather back
             let mut gathered = vec![0.0; 7];
             c.all_gather(&be, &shard, &mut gathered).unwrap();
-            let mut local = vec![0.0; 3];
-            c.local_shard(&be, &full, &mut local).unwrap();
+            let local = host_shard(&full, 3, c.rank());
             (a, b, shard, gathered, local)
         });
         for (rank, (a, b, shard, gathered, local)) in outs.into_iter().enumerate() {
