@@ -14,6 +14,7 @@
 //! cargo bench -p koala-trainer --bench daemon_load
 //! # knobs: KOALA_BENCH_CALLS (1000), KOALA_BENCH_STEPS (30), KOALA_BENCH_CHANNELS (8),
 //! #        KOALA_BENCH_PAGE (ListJobs page size, 50), KOALA_BENCH_NICE (training_nice, 10),
+//! #        KOALA_BENCH_IDLE (set: training_idle = true, SCHED_IDLE training threads),
 //! #        KOALA_BENCH_VERBOSE (set: print every wave's p99 and wall time),
 //! #        KOALA_H2LOAD (h2load binary; default `h2load` on PATH), KOALA_BENCH_H2_SECONDS (3),
 //! #        KOALA_TRAINERD (path of the daemon binary; default: the one cargo built)
@@ -336,6 +337,7 @@ async fn bench() {
     let n_channels = env_num("KOALA_BENCH_CHANNELS", 8).max(1);
     let page = env_num("KOALA_BENCH_PAGE", 50) as u32;
     let nice = env_num("KOALA_BENCH_NICE", 10);
+    let idle = std::env::var_os("KOALA_BENCH_IDLE").is_some();
     let bin = std::env::var("KOALA_TRAINERD")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_koala-trainerd").to_string());
 
@@ -348,7 +350,7 @@ async fn bench() {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\ntraining_nice = {nice}\n",
+            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\ntraining_nice = {nice}\ntraining_idle = {idle}\n",
             dir.path().join("state")
         ),
     )
@@ -571,7 +573,7 @@ async fn bench() {
         }
     );
     let mut report = serde_json::json!({
-        "calls_per_wave": calls, "channels": n_channels, "list_page": page, "training_nice": nice, "waves": waves, "cores": cores,
+        "calls_per_wave": calls, "channels": n_channels, "list_page": page, "training_nice": nice, "training_idle": idle, "waves": waves, "cores": cores,
         "loadavg": load.trim(), "cold_wave": s_cold, "first_wave": s_first, "training": s_loaded, "idle": s_idle,
         "step_ms_alone_median": m_alone, "step_ms_loaded_median": m_loaded,
         "step_slowdown": slowdown,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::config::DaemonConfig;
 use super::error::{DaemonError, Result};
 use super::server;
-use super::train_runner::TrainRunner;
+use super::train_runner::{TrainRunner, TrainingPriority};
 
 /// Loads `config`, serves until SIGINT/SIGTERM, and prints `listening on ADDR` to stdout once
 /// bound (with `listen = "127.0.0.1:0"` that line tells the chosen port).
@@ -18,7 +18,9 @@ pub fn run_daemon(config: &Path) -> Result<()> {
         .map_err(|e| DaemonError::Server(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
         let tls = cfg.tls.is_some();
-        let runner = Arc::new(TrainRunner::with_nice(cfg.training_nice));
+        let runner = Arc::new(TrainRunner::with_priority(
+            TrainingPriority::from_config(cfg.training_nice, cfg.training_idle),
+        ));
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = server::serve(
             cfg,

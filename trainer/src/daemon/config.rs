@@ -8,6 +8,7 @@
 //! max_queued_jobs = 100
 //! max_message_bytes = 1048576
 //! training_nice = 10               # nice value of training threads (0 = same as the RPC threads)
+//! training_idle = false            # true: training threads only get CPU time nothing else wants
 //! [tls]                            # optional: serve TLS (rustls)
 //! cert = "server.pem"
 //! key = "server.key"
@@ -43,6 +44,12 @@ pub struct DaemonConfig {
     /// same throughput at any value; 0 turns this off.
     #[serde(default = "default_training_nice")]
     pub training_nice: i32,
+    /// Run the training threads under Linux's `SCHED_IDLE` policy instead (`training_nice` is
+    /// then ignored): they get only the CPU time that no other thread wants, so a flood of RPCs
+    /// keeps its idle-machine latency and pauses training. Any busy process on the machine then
+    /// pauses training too, so this suits a machine that does nothing but train (default false).
+    #[serde(default)]
+    pub training_idle: bool,
     /// Serve TLS with this certificate and key (PEM).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -158,6 +165,7 @@ mod tests {
         assert_eq!(cfg.token_file, Path::new("/etc/koala/tok"));
         assert_eq!(cfg.max_queued_jobs, 100);
         assert_eq!(cfg.training_nice, 10);
+        assert!(!cfg.training_idle);
         assert!(cfg.tls.is_none());
         let err = DaemonConfig::parse(
             "data_root = \"d\"\nstate_dir = \"s\"\ntoken_file = \"t\"\ntraining_nice = 25\n",
@@ -165,6 +173,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("training_nice"), "{err}");
+        let idle = DaemonConfig::parse(
+            "data_root = \"d\"\nstate_dir = \"s\"\ntoken_file = \"t\"\ntraining_idle = true\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(idle.training_idle);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! [`auth`] (bearer token) → [`service`] (RPC handlers) → [`validate`] (JobSpec rules) →
 //! [`store`] (SQLite, WAL) → [`scheduler`] (FIFO per [`devices`] set) → [`runner`] (the training
 //! trait) → [`train_runner`] (the real trainer). [`client`] is the Rust client the CLI uses;
-//! [`hooks`] holds the debug pause points of the crash tests. See docs/daemon.md.
+//! [`hooks`] holds the debug pause points of the crash tests; [`wire`] the pre-encoded replies of
+//! `GetJob`/`ListJobs`. See docs/daemon.md.
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod store;
 pub mod train_runner;
 pub mod validate;
+pub mod wire;
 
 pub use config::DaemonConfig;
 pub use error::{DaemonError, Result};

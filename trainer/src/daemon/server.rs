@@ -16,7 +16,7 @@ use super::config::DaemonConfig;
 use super::error::{DaemonError, Result};
 use super::runner::Runner;
 use super::scheduler::{Core, Scheduler};
-use super::service::TrainerApi;
+use super::service::{TrainerApi, TrainerRoutes};
 use super::store::Store;
 
 /// The store file inside `state_dir`.
@@ -75,9 +75,7 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| DaemonError::Server(format!("reflection: {e}")))?;
-    let trainer = TrainerServiceServer::new(api)
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(64 << 20);
+    let trainer = TrainerRoutes::new(api, cfg.max_message_bytes, 64 << 20);
 
     let mut builder = Server::builder();
     if let Some(tls) = &cfg.tls {

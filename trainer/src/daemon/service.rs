@@ -2,10 +2,14 @@
 //! `GetJob` and `ListJobs` read the store's in-memory job table directly; event and metric reads
 //! and all writes run on the blocking pool (reads bounded by a semaphore), so that RPCs stay
 //! responsive and a burst of reads cannot starve the runtime.
+//!
+//! [`TrainerRoutes`] is what the server mounts: it answers `GetJob` and `ListJobs` with the
+//! store's pre-encoded jobs ([`super::wire`]) and hands every other method to the generated
+//! `TrainerServiceServer`.
 use std::pin::Pin;
 use std::sync::Arc;
 
-use koala_proto::v1::trainer_service_server::TrainerService;
+use koala_proto::v1::trainer_service_server::{SERVICE_NAME, TrainerService, TrainerServiceServer};
 use koala_proto::v1::{
     CancelJobRequest, GetJobRequest, GetMetricsRequest, GetMetricsResponse, Job, JobEvent, JobSpec,
     JobState, ListJobsRequest, ListJobsResponse, WatchJobRequest, job_event::Kind,
@@ -13,13 +17,17 @@ use koala_proto::v1::{
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
 
 use super::error::DaemonError;
 use super::hooks::pause_point;
 use super::scheduler::{Core, Scheduler};
 use super::store::{CancelOutcome, SubmitOutcome, is_terminal};
 use super::validate;
+use super::wire::{EncodedJob, EncodedJobPage};
 
 /// Default and largest `ListJobs` page.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -59,6 +67,50 @@ impl TrainerApi {
         tokio::task::spawn_blocking(move || f(&core))
             .await
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+    }
+
+    /// `GetJob`: the job's stored encoding (no SQLite, no blocking pool, no copy).
+    pub fn get_job_encoded(&self, req: GetJobRequest) -> Result<EncodedJob, Status> {
+        self.core
+            .store
+            .get_encoded(req.id)
+            .ok_or_else(|| not_found(req.id))
+    }
+
+    /// `ListJobs`: checks the request, then pages the stored encodings.
+    pub fn list_jobs_encoded(&self, req: ListJobsRequest) -> Result<EncodedJobPage, Status> {
+        let page = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} is above the limit {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let mut states = Vec::new();
+        for s in &req.states {
+            match JobState::try_from(*s) {
+                Ok(JobState::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "states: {s} is not a job state"
+                    )));
+                }
+                Ok(st) => states.push(st),
+            }
+        }
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a ListJobs response")
+            })?)
+        };
+        let (jobs, next) = self.core.store.list_encoded(&states, page as usize, before);
+        Ok(EncodedJobPage {
+            jobs,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        })
     }
 }
 
@@ -134,15 +186,13 @@ impl TrainerService for TrainerApi {
         Ok(Response::new(job))
     }
 
+    // The server answers GetJob and ListJobs through `TrainerRoutes` with the same functions'
+    // encoded replies; these decode them for callers of the trait itself.
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        let id = req.into_inner().id;
-        // Jobs are served from the store's in-memory copy: no SQLite, no blocking pool.
-        let job = self
-            .core
-            .store
-            .get(id)
-            .map_err(internal)?
-            .ok_or_else(|| not_found(id))?;
+        let job = self.get_job_encoded(req.into_inner())?;
+        let job = job
+            .decode_job()
+            .map_err(|e| Status::internal(format!("stored job: {e}")))?;
         Ok(Response::new(job))
     }
 
@@ -150,43 +200,11 @@ impl TrainerService for TrainerApi {
         &self,
         req: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let req = req.into_inner();
-        let page = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: {n} is above the limit {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
-        let mut states = Vec::new();
-        for s in &req.states {
-            match JobState::try_from(*s) {
-                Ok(JobState::Unspecified) | Err(_) => {
-                    return Err(Status::invalid_argument(format!(
-                        "states: {s} is not a job state"
-                    )));
-                }
-                Ok(st) => states.push(st),
-            }
-        }
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(req.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("page_token: not a token from a ListJobs response")
-            })?)
-        };
-        let (jobs, next) = self
-            .core
-            .store
-            .list(&states, page as usize, before)
-            .map_err(internal)?;
-        Ok(Response::new(ListJobsResponse {
-            jobs,
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
-        }))
+        let page = self.list_jobs_encoded(req.into_inner())?;
+        let page = page
+            .decode_page()
+            .map_err(|e| Status::internal(format!("stored job: {e}")))?;
+        Ok(Response::new(page))
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
@@ -299,5 +317,102 @@ impl TrainerService for TrainerApi {
             })
             .await?;
         Ok(Response::new(GetMetricsResponse { points }))
+    }
+}
+
+const GET_JOB: &str = "/koala.trainer.v1.TrainerService/GetJob";
+const LIST_JOBS: &str = "/koala.trainer.v1.TrainerService/ListJobs";
+
+/// The mounted `TrainerService`: `GetJob` and `ListJobs` answered from pre-encoded jobs, every
+/// other method by the generated server. Same name, paths and message limits as that server.
+#[derive(Clone)]
+pub struct TrainerRoutes {
+    api: Arc<TrainerApi>,
+    generated: TrainerServiceServer<TrainerApi>,
+    max_decoding: usize,
+    max_encoding: usize,
+}
+
+impl TrainerRoutes {
+    /// Requests above `max_decoding` bytes and replies above `max_encoding` are refused.
+    pub fn new(api: TrainerApi, max_decoding: usize, max_encoding: usize) -> Self {
+        TrainerRoutes {
+            generated: TrainerServiceServer::new(api.clone())
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding),
+            api: Arc::new(api),
+            max_decoding,
+            max_encoding,
+        }
+    }
+
+    fn unary<M, R, S, B>(
+        &self,
+        method: S,
+        req: http::Request<B>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible>
+    where
+        M: prost::Message + Default + Send + 'static,
+        R: prost::Message + Send + 'static,
+        S: UnaryService<M, Response = R> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        let mut grpc = Grpc::new(ProstCodec::<R, M>::default())
+            .apply_max_message_size_config(Some(self.max_decoding), Some(self.max_encoding));
+        Box::pin(async move { Ok(grpc.unary(method, req).await) })
+    }
+}
+
+impl NamedService for TrainerRoutes {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for TrainerRoutes
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            GET_JOB => self.unary(GetJobSvc(self.api.clone()), req),
+            LIST_JOBS => self.unary(ListJobsSvc(self.api.clone()), req),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+struct GetJobSvc(Arc<TrainerApi>);
+
+impl UnaryService<GetJobRequest> for GetJobSvc {
+    type Response = EncodedJob;
+    type Future = std::future::Ready<Result<Response<EncodedJob>, Status>>;
+
+    fn call(&mut self, req: Request<GetJobRequest>) -> Self::Future {
+        std::future::ready(self.0.get_job_encoded(req.into_inner()).map(Response::new))
+    }
+}
+
+struct ListJobsSvc(Arc<TrainerApi>);
+
+impl UnaryService<ListJobsRequest> for ListJobsSvc {
+    type Response = EncodedJobPage;
+    type Future = std::future::Ready<Result<Response<EncodedJobPage>, Status>>;
+
+    fn call(&mut self, req: Request<ListJobsRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .list_jobs_encoded(req.into_inner())
+                .map(Response::new),
+        )
     }
 }

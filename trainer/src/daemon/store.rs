@@ -33,6 +33,7 @@ use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::error::{DaemonError, Result};
+use super::wire::EncodedJob;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -126,7 +127,22 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Every job, as last committed (write-through; see the module docs).
-    jobs: RwLock<BTreeMap<u64, Job>>,
+    jobs: RwLock<BTreeMap<u64, Cached>>,
+}
+
+/// A job in memory, with its protobuf encoding (made once per change, served by the hot reads).
+struct Cached {
+    job: Job,
+    wire: EncodedJob,
+}
+
+impl Cached {
+    fn new(job: Job) -> Self {
+        Cached {
+            wire: EncodedJob::new(&job),
+            job,
+        }
+    }
 }
 
 impl Store {
@@ -147,7 +163,7 @@ impl Store {
             let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs"))?;
             for job in stmt.query_map([], job_from_row)? {
                 let job = job??;
-                jobs.insert(job.id, job);
+                jobs.insert(job.id, Cached::new(job));
             }
         }
         Ok(Store {
@@ -179,6 +195,8 @@ impl Store {
         };
         tx.commit()?;
         if let Some((id, job)) = fresh {
+            // Encoded before taking the map lock, so readers never wait on it.
+            let job = job.map(Cached::new);
             // A poisoned lock only means a reader panicked; the map itself is consistent.
             let mut jobs = self.jobs.write().unwrap_or_else(|e| e.into_inner());
             match job {
@@ -189,7 +207,7 @@ impl Store {
         Ok(out)
     }
 
-    fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Job>> {
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Cached>> {
         self.jobs.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -310,7 +328,12 @@ impl Store {
 
     /// One job (from memory; see the module docs).
     pub fn get(&self, id: u64) -> Result<Option<Job>> {
-        Ok(self.cached().get(&id).cloned())
+        Ok(self.cached().get(&id).map(|c| c.job.clone()))
+    }
+
+    /// One job's protobuf encoding (from memory, like [`Store::get`], without a copy).
+    pub fn get_encoded(&self, id: u64) -> Option<EncodedJob> {
+        self.cached().get(&id).map(|c| c.wire.clone())
     }
 
     /// Jobs newest first, optionally only in `states`, at most `limit`, with ids below `before`.
@@ -321,22 +344,44 @@ impl Store {
         limit: usize,
         before: Option<u64>,
     ) -> Result<(Vec<Job>, Option<u64>)> {
+        Ok(self.page(states, limit, before, |c| c.job.clone()))
+    }
+
+    /// [`Store::list`], as each job's protobuf encoding (the `ListJobs` hot path).
+    pub fn list_encoded(
+        &self,
+        states: &[JobState],
+        limit: usize,
+        before: Option<u64>,
+    ) -> (Vec<prost::bytes::Bytes>, Option<u64>) {
+        self.page(states, limit, before, |c| c.wire.bytes().clone())
+    }
+
+    fn page<T>(
+        &self,
+        states: &[JobState],
+        limit: usize,
+        before: Option<u64>,
+        take: impl Fn(&Cached) -> T,
+    ) -> (Vec<T>, Option<u64>) {
         let jobs = self.cached();
         let mut page = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
         let mut next = None;
-        for job in jobs
+        for c in jobs
             .range(..before.unwrap_or(u64::MAX))
             .rev()
-            .map(|(_, j)| j)
-            .filter(|j| states.is_empty() || states.contains(&j.state()))
+            .map(|(_, c)| c)
+            .filter(|c| states.is_empty() || states.contains(&c.job.state()))
         {
             if page.len() == limit {
-                next = page.last().map(|j: &Job| j.id);
+                next = last;
                 break;
             }
-            page.push(job.clone());
+            last = Some(c.job.id);
+            page.push(take(c));
         }
-        Ok((page, next))
+        (page, next)
     }
 
     /// Jobs in the given states, oldest first (the scheduler's FIFO order).

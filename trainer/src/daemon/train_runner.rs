@@ -11,51 +11,83 @@ pub const KEEP_CHECKPOINTS: usize = 3;
 /// `checkpoint_every` when a spec leaves it at 0 (the trainer's own default).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100;
 
+/// How the training threads are scheduled beside the RPC threads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum TrainingPriority {
+    /// Unchanged: the same priority as the RPC threads.
+    #[default]
+    Same,
+    /// Unix nice value 1–19 (see [`super::config::DaemonConfig::training_nice`]).
+    Nice(i32),
+    /// Linux `SCHED_IDLE` (see [`super::config::DaemonConfig::training_idle`]).
+    Idle,
+}
+
+impl TrainingPriority {
+    /// The priority a daemon config asks for.
+    pub fn from_config(nice: i32, idle: bool) -> Self {
+        match (idle, nice) {
+            (true, _) => TrainingPriority::Idle,
+            (false, n) if n > 0 => TrainingPriority::Nice(n),
+            _ => TrainingPriority::Same,
+        }
+    }
+
+    /// Applies this priority to the calling thread (Linux: nice and policy are per thread, and
+    /// threads it spawns inherit them). Failures (a sandbox that forbids it) are logged only.
+    fn apply_to_this_thread(self) {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain syscalls on the calling thread's own id; `param` outlives the call.
+            let rc = unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+                match self {
+                    TrainingPriority::Same => 0,
+                    TrainingPriority::Nice(n) => {
+                        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, n)
+                    }
+                    TrainingPriority::Idle => {
+                        let param = libc::sched_param { sched_priority: 0 };
+                        libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param)
+                    }
+                }
+            };
+            if rc != 0 {
+                tracing::warn!(
+                    priority = ?self,
+                    "cannot lower the training threads' priority: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = self;
+    }
+}
+
 /// Trains with [`crate::train::run`] on the calling thread.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TrainRunner {
-    /// Nice value for the training threads (see [`super::config::DaemonConfig::training_nice`]).
-    pub nice: i32,
+    /// Scheduling of the training threads.
+    pub priority: TrainingPriority,
 }
 
 impl TrainRunner {
-    /// A runner whose training threads run at Unix nice value `nice` (0: unchanged).
-    pub fn with_nice(nice: i32) -> Self {
-        TrainRunner { nice }
+    /// A runner whose training threads run at `priority`.
+    pub fn with_priority(priority: TrainingPriority) -> Self {
+        TrainRunner { priority }
     }
-}
-
-/// Lowers the scheduling priority of the calling thread to `nice` (Linux: nice is per thread,
-/// and threads it spawns inherit it). Failures (a sandbox that forbids it) are logged only.
-fn lower_thread_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-        let rc = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-        };
-        if rc != 0 {
-            tracing::warn!(
-                nice,
-                "cannot lower the training threads' priority: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 impl Runner for TrainRunner {
     fn run(&self, req: &RunRequest, sink: &mut dyn RunSink) -> Result<RunOutcome, String> {
         let cfg = train_config(&req.spec, &req.data_root).map_err(|e| e.to_string())?;
-        if self.nice > 0 {
+        if self.priority != TrainingPriority::Same {
             // This job thread, the pools it starts (data-parallel workers), and rayon's global
             // pool (the single CPU worker's ops), which serves nothing but training here.
-            lower_thread_priority(self.nice);
-            let nice = self.nice;
-            rayon::broadcast(|_| lower_thread_priority(nice));
+            let priority = self.priority;
+            priority.apply_to_this_thread();
+            rayon::broadcast(|_| priority.apply_to_this_thread());
         }
         let mut obs = SinkObserver { sink };
         crate::train::run(&cfg, &mut obs).map_err(|e| e.to_string())
@@ -152,6 +184,43 @@ fn hyper_table(h: &Hyperparameters) -> toml::Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn priorities_reach_the_thread_and_what_it_spawns() {
+        assert_eq!(
+            TrainingPriority::from_config(0, false),
+            TrainingPriority::Same
+        );
+        assert_eq!(
+            TrainingPriority::from_config(7, false),
+            TrainingPriority::Nice(7)
+        );
+        assert_eq!(
+            TrainingPriority::from_config(7, true),
+            TrainingPriority::Idle
+        );
+        // Fresh threads, so the test's own thread keeps its priority.
+        let (nice, child_nice) = std::thread::spawn(|| {
+            TrainingPriority::Nice(7).apply_to_this_thread();
+            let get = || unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            };
+            (get(), std::thread::spawn(get).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((nice, child_nice), (7, 7));
+        let (policy, child_policy) = std::thread::spawn(|| {
+            TrainingPriority::Idle.apply_to_this_thread();
+            let get = || unsafe { libc::sched_getscheduler(0) };
+            (get(), std::thread::spawn(get).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((policy, child_policy), (libc::SCHED_IDLE, libc::SCHED_IDLE));
+    }
 
     #[test]
     fn overrides_reach_the_trainer_hyperparameters() {

@@ -117,6 +117,7 @@ impl Fixture {
             max_queued_jobs: 100,
             max_message_bytes: 64 * 1024,
             training_nice: 0,
+            training_idle: false,
             tls: None,
         }
     }
