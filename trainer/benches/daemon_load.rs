@@ -350,8 +350,10 @@ async fn bench() {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\ntraining_nice = {nice}\ntraining_idle = {idle}\n",
-            dir.path().join("state")
+            "listen = \"127.0.0.1:0\"\ndata_root = {root:?}\nstate_dir = {:?}\ntoken_file = \"token\"\nmax_queued_jobs = 1000\ntraining_nice = {nice}\n{}",
+            dir.path().join("state"),
+            // Only when asked, so that the bench also drives daemons older than the key.
+            if idle { "training_idle = true\n" } else { "" }
         ),
     )
     .unwrap();
