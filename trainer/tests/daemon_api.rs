@@ -433,6 +433,15 @@ async fn oversized_messages_are_refused() {
     spec.name = "x".repeat(100 * 1024); // above max_message_bytes (64 KiB)
     let e = c.submit_job(spec).await.unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // GetJob and ListJobs have their own routes (pre-encoded replies): the same limit holds.
+    let e = c
+        .list_jobs(ListJobsRequest {
+            page_token: "1".repeat(100 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     assert!(
         c.list_jobs(ListJobsRequest::default())
             .await
