@@ -358,16 +358,18 @@ async fn bench() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut child = Command::new(&bin)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    let mut child = KillOnDrop(
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}")),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr = line
@@ -606,8 +608,18 @@ async fn bench() {
             "latency": h.latency, "step_ms_median": h.step_ms, "step_slowdown": h.step_ms / m_alone});
     }
     println!("{report}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+}
+
+/// The daemon under test, killed when the bench ends, by a panic too: a daemon left training
+/// would skew every later run on the same cores.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn main() {
