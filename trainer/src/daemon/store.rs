@@ -197,14 +197,30 @@ impl Store {
         if let Some((id, job)) = fresh {
             // Encoded before taking the map lock, so readers never wait on it.
             let job = job.map(Cached::new);
-            // A poisoned lock only means a reader panicked; the map itself is consistent.
-            let mut jobs = self.jobs.write().unwrap_or_else(|e| e.into_inner());
-            match job {
+            let mut jobs = self.polite_write();
+            let old = match job {
                 Some(j) => jobs.insert(id, j),
                 None => jobs.remove(&id),
             };
+            drop(jobs);
+            // Freed after the lock is released.
+            drop(old);
         }
         Ok(out)
+    }
+
+    /// The job map for writing, taken only when no reader holds it. A writer that waited in
+    /// the lock would make every new reader wait behind it, and writers are training threads
+    /// running at a low priority: the RPC threads could stall until one got a core.
+    fn polite_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Cached>> {
+        loop {
+            match self.jobs.try_write() {
+                Ok(g) => return g,
+                // A poisoned lock only means a reader panicked; the map itself is consistent.
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
     }
 
     fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Cached>> {
@@ -702,6 +718,36 @@ fn append_event(tx: &Connection, id: u64, kind: Kind) -> Result<JobEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_writer_does_not_hold_up_new_readers() {
+        let (_d, s) = store();
+        let spec = JobSpec::default();
+        let job = created(s.submit(&spec, "", 10).unwrap());
+        let s = std::sync::Arc::new(s);
+        // A reader holds the map while a (training-thread) write is waiting for it.
+        let held = s.cached();
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || s.start(job.id).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // A new reader still gets in at once (a plain `RwLock::write` would queue it behind
+        // the writer, which waits on `held`: this would hang).
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let got = s.get(job.id).unwrap().map(|j| j.state());
+                let _ = tx.send(got);
+            });
+        }
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(got, Ok(Some(JobState::Queued)));
+        drop(held);
+        assert!(writer.join().unwrap().is_some());
+        assert_eq!(s.get(job.id).unwrap().unwrap().state(), JobState::Running);
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
