@@ -106,7 +106,14 @@ pub struct EncodedJobPage {
 impl EncodedJobPage {
     /// Decodes the page into the generated type (for in-process callers).
     pub fn decode_page(&self) -> Result<ListJobsResponse, prost::DecodeError> {
-        ListJobsResponse::decode(self.encode_to_vec().as_slice())
+        Ok(ListJobsResponse {
+            jobs: self
+                .jobs
+                .iter()
+                .map(|b| Job::decode(b.clone()))
+                .collect::<Result<_, _>>()?,
+            next_page_token: self.next_page_token.clone(),
+        })
     }
 }
 
