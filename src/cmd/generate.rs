@@ -1,11 +1,12 @@
-//! `koala generate --model DIR --prompt TEXT`: KV-cached sampling with temperature, top-k,
-//! top-p and a stop string.
+//! `koala generate --model DIR --prompt TEXT`: one prompt through the inference engine
+//! (koala-model), with temperature, top-k, top-p, stop strings and an optional watermark.
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use koala_kernels::cpu::CpuBackend;
-use koala_trainer::generate::{Generator, SampleParams};
-use koala_trainer::infer;
+use koala_model::text::{TextStream, Tokenizer};
+use koala_model::{Engine, EngineConfig, Event, Request, SampleParams, Watermark, Weights};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,42 +32,65 @@ pub struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// Cut the output at the first occurrence of this string (EasyLM cuts at `</s>`).
+    /// End the output before the first occurrence of this string (repeatable; EasyLM cuts at `</s>`).
     #[arg(long)]
-    stop: Option<String>,
+    stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `cpu`, `cuda:N` or `auto` (CUDA when a GPU is usable).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Watermark the output with this key (see docs/watermark.md).
+    #[arg(long)]
+    watermark_key: Option<String>,
+    #[arg(long, default_value_t = 0.25)]
+    watermark_gamma: f32,
+    #[arg(long, default_value_t = 2.0)]
+    watermark_delta: f32,
+}
+
+/// The model's EOS ids from `config.json` (a number or a list).
+pub fn eos_ids(cfg: &koala_model::LlamaConfig) -> Vec<u32> {
+    match &cfg.eos_token_id {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let be = CpuBackend::new();
-    let model = infer::load_model(&be, &args.model)?;
-    let mut stop_tokens: Vec<u32> = Vec::new();
-    match &model.cfg.eos_token_id {
-        Some(serde_json::Value::Number(n)) => stop_tokens.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => {
-            stop_tokens.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-        }
-        _ => {}
-    }
-    let sp = SampleParams {
+    let w = Arc::new(Weights::load(&args.model)?);
+    let stop_tokens = eos_ids(&w.cfg);
+    let engine = Engine::on_device(w, &args.device, EngineConfig::default())?;
+    let params = SampleParams {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
-        max_new_tokens: args.max_new_tokens,
-        stop_tokens,
-        seed: args.seed,
+        seed: Some(args.seed),
     };
-    let mut g = Generator::new(&model);
+    let watermark = args
+        .watermark_key
+        .as_deref()
+        .map(|k| Watermark::new(k, args.watermark_gamma, args.watermark_delta))
+        .transpose()?;
+    let request = |prompt: Vec<u32>| Request {
+        prompt,
+        max_tokens: args.max_new_tokens,
+        params: params.clone(),
+        stop_tokens: stop_tokens.clone(),
+        watermark: watermark.clone(),
+    };
     match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => {
             if ids.is_empty() {
                 bail!("--prompt-ids is empty");
             }
-            let out = g.generate(&be, &model, ids, &sp, |_| true)?;
+            let out = engine.generate(request(ids.clone()))?;
             println!(
                 "{}",
-                out.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                out.tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
             );
         }
         (Some(prompt), None) => {
@@ -74,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .tokenizer
                 .clone()
                 .unwrap_or_else(|| args.model.join("tokenizer.json"));
-            let tk = tokenizers::Tokenizer::from_file(&tk_path)
+            let tk = Tokenizer::from_file(&tk_path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", tk_path.display()))?;
             let enc = tk
                 .encode(prompt.as_str(), true)
@@ -83,21 +107,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if ids.is_empty() {
                 bail!("the prompt tokenizes to no tokens");
             }
-            let mut produced: Vec<u32> = Vec::new();
-            let mut text = String::new();
-            let stop = args.stop.clone();
-            g.generate(&be, &model, &ids, &sp, |t| {
-                produced.push(t);
-                text = tk.decode(&produced, true).unwrap_or_default();
-                !stop.as_ref().is_some_and(|s| text.contains(s.as_str()))
-            })
-            .context("generating")?;
-            if let Some(s) = &args.stop
-                && let Some(i) = text.find(s.as_str())
-            {
-                text.truncate(i);
+            let mut stream = engine.submit(request(ids))?;
+            let mut text = TextStream::new(&tk, args.stop.clone());
+            let mut out = std::io::stdout().lock();
+            while let Some(ev) = stream.blocking_next() {
+                match ev {
+                    Event::Token(t) => {
+                        let d = text.push(t)?;
+                        write!(out, "{}", d.text)?;
+                        out.flush()?;
+                        if d.stopped {
+                            break;
+                        }
+                    }
+                    Event::Done { .. } => {
+                        write!(out, "{}", text.finish())?;
+                        break;
+                    }
+                    Event::Failed(m) => bail!("generation failed: {m}"),
+                }
             }
-            println!("{text}");
+            writeln!(out).context("writing the output")?;
         }
         (None, None) => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
     }

@@ -7,6 +7,9 @@ pub enum Error {
     /// An op of the backend failed (shape, index or device error).
     #[error(transparent)]
     Kernel(#[from] koala_kernels::Error),
+    /// Loading or running a model for inference failed.
+    #[error(transparent)]
+    Model(#[from] koala_model::Error),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -6,12 +6,12 @@
 //! * [`train`]: the training loop and the API the daemon calls;
 //! * [`daemon`]: the gRPC job daemon (`koala-trainerd`, `koala serve`).
 pub mod checkpoint;
-pub mod config;
+/// The architecture config now lives in `koala-model`; re-exported under its old path.
+pub use koala_model::config;
 pub mod daemon;
 pub mod data;
 pub mod dp;
 pub mod error;
-pub mod generate;
 pub mod hparams;
 pub mod infer;
 pub mod model;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use koala_kernels::Backend;
 use koala_kernels::cpu::CpuBackend;
 use koala_trainer::data::{Batch, Row};
-use koala_trainer::generate::Generator;
 use koala_trainer::model::{Inputs, Llama};
 use koala_trainer::optim::AdamW;
 use koala_trainer::train::{loss_weights, train_step};
@@ -284,8 +283,12 @@ fn packed_row_logits_equal_each_example_alone() {
     assert!(dc > 1e-3, "the test would not catch a missing mask ({dc})");
 }
 
+/// The inference engine's KV-cached forward (koala-model, fed in chunks as continuous batching
+/// does) against the training forward of the same checkpoint.
 #[test]
 fn kv_cache_logits_equal_full_forward() {
+    use koala_model::forward::{Model, Slice};
+    use koala_model::kv::KvCache;
     let fx = fixture();
     let be = CpuBackend::new();
     let mut model = Llama::from_tensors(&be, fx.cfg.clone(), &fx.w).unwrap();
@@ -295,10 +298,20 @@ fn kv_cache_logits_equal_full_forward() {
         .forward(&be, &Inputs::plain(&be, 1, ids.len(), &ids).unwrap())
         .unwrap();
     let full = model.logits(&be).unwrap();
-    let mut g = Generator::new(&model);
-    let mut got = vec![g.feed(&be, &model, &ids[..4]).unwrap()];
+    let w = std::sync::Arc::new(koala_model::Weights::load(&dir()).unwrap());
+    let mut engine = Model::cpu(w.clone());
+    let mut cache = KvCache::new(&w.cfg, ids.len());
+    let mut feed = |toks: &[u32]| {
+        let slice = Slice {
+            cache: &mut cache,
+            tokens: toks,
+            logits: true,
+        };
+        engine.step(&mut [slice]).unwrap().remove(0)
+    };
+    let mut got = vec![feed(&ids[..4])];
     for &t in &ids[4..] {
-        got.push(g.feed(&be, &model, &[t]).unwrap());
+        got.push(feed(&[t]));
     }
     for (k, l) in got.iter().enumerate() {
         let pos = 3 + k;

@@ -10,7 +10,7 @@ use crate::{Error, Result};
 /// Unknown keys of `config.json` are ignored (HF writes many that do not affect the math).
 ///
 /// ```
-/// let cfg: koala_trainer::LlamaConfig = serde_json::from_str(
+/// let cfg: koala_model::LlamaConfig = serde_json::from_str(
 ///     r#"{"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
 ///         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}"#,
 /// ).unwrap();

@@ -1,0 +1,393 @@
+//! The inference forward pass over a ragged batch: each sequence brings some new tokens (a chunk
+//! of its prompt, or the one token it just sampled) at its own positions, and every projection
+//! runs once over all of them. Attention reads each sequence's own [`KvCache`].
+//!
+//! The math is Hugging Face's `LlamaForCausalLM` in `f32`: RMSNorm as `(x · rstd) · w`, rotate-half
+//! RoPE with `f32` angles and correctly rounded `cos`/`sin`, softmax attention with GQA, SwiGLU.
+//! Activations live on the host; projections go through a [`Projector`]: the CPU kernel of
+//! [`crate::linear`] on the memory-mapped weights, or a [`koala_kernels::Backend`] (CUDA with
+//! cuBLAS where a GPU exists).
+use std::sync::Arc;
+
+use koala_kernels::Backend;
+use rayon::prelude::*;
+
+use crate::kv::KvCache;
+use crate::weights::{Tensor, Weights};
+use crate::{Error, Result};
+
+/// Index of a projection weight: layer `l`'s q, k, v, o, gate, up, down are `7l..7l+7`; the
+/// output head is `7·layers`.
+pub type WeightId = usize;
+
+/// Runs `out[m, n] = x[m, k] · W[n, k]ᵀ` for the model's projection weights.
+pub trait Projector: Send {
+    /// A short name for logs (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+    /// Projects with weight `id`; `w` is the same weight on the host.
+    fn project(
+        &mut self,
+        out: &mut [f32],
+        x: &[f32],
+        id: WeightId,
+        w: &Tensor,
+        m: usize,
+    ) -> Result<()>;
+}
+
+/// The CPU path: the memory-mapped weights, read in place.
+pub struct CpuProjector;
+
+impl Projector for CpuProjector {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn project(
+        &mut self,
+        out: &mut [f32],
+        x: &[f32],
+        _id: WeightId,
+        w: &Tensor,
+        m: usize,
+    ) -> Result<()> {
+        let (n, k) = (w.shape[0], w.shape[1]);
+        crate::linear::linear(out, x, w.as_slice(), m, k, n);
+        Ok(())
+    }
+}
+
+/// Projections through any kernels backend (CUDA: cuBLAS). The weights are uploaded once; each
+/// call uploads `x` and downloads `out` (activations stay on the host).
+pub struct BackendProjector<B: Backend> {
+    be: B,
+    bufs: Vec<B::Buf>,
+}
+
+impl<B: Backend + Send> BackendProjector<B>
+where
+    B::Buf: Send,
+{
+    /// Uploads every projection weight of `w` to the backend.
+    pub fn new(be: B, w: &Weights) -> Result<Self> {
+        let mut bufs = Vec::new();
+        for t in projection_weights(w) {
+            bufs.push(be.upload(t.as_slice())?);
+        }
+        Ok(BackendProjector { be, bufs })
+    }
+}
+
+impl<B: Backend + Send> Projector for BackendProjector<B>
+where
+    B::Buf: Send,
+{
+    fn name(&self) -> String {
+        self.be.name()
+    }
+    fn project(
+        &mut self,
+        out: &mut [f32],
+        x: &[f32],
+        id: WeightId,
+        w: &Tensor,
+        m: usize,
+    ) -> Result<()> {
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let xb = self.be.upload(&x[..m * k])?;
+        let mut ob = self.be.zeros(m * n)?;
+        self.be.matmul_fwd(&mut ob, &xb, &self.bufs[id], m, k, n)?;
+        out[..m * n].copy_from_slice(&self.be.download(&ob)?);
+        Ok(())
+    }
+}
+
+/// The projection weights in [`WeightId`] order.
+pub fn projection_weights(w: &Weights) -> Vec<&Tensor> {
+    let mut v = Vec::with_capacity(w.layers.len() * 7 + 1);
+    for l in &w.layers {
+        v.extend([&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+    }
+    v.push(w.head());
+    v
+}
+
+/// One sequence's part of a step.
+pub struct Slice<'a> {
+    pub cache: &'a mut KvCache,
+    /// New tokens, at positions `cache.len ..`.
+    pub tokens: &'a [u32],
+    /// Whether to return the logits of the last new token.
+    pub logits: bool,
+}
+
+/// The model with its RoPE table and a projector.
+pub struct Model {
+    pub w: Arc<Weights>,
+    proj: Box<dyn Projector>,
+    /// `cos`/`sin` for positions `0..max_position_embeddings`, `[pos, head_dim/2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Model {
+    /// A model that projects on the CPU.
+    pub fn cpu(w: Arc<Weights>) -> Self {
+        Self::with_projector(w, Box::new(CpuProjector))
+    }
+
+    /// A model with any projector.
+    pub fn with_projector(w: Arc<Weights>, proj: Box<dyn Projector>) -> Self {
+        let cfg = &w.cfg;
+        let (hd, theta) = (cfg.head_dim(), cfg.rope_theta);
+        let half = hd / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|j| {
+                let e = (2 * j) as f32 / hd as f32;
+                1.0 / ((theta as f64).powf(e as f64) as f32)
+            })
+            .collect();
+        let rows = cfg.max_position_embeddings;
+        let mut cos = vec![0f32; rows * half];
+        let mut sin = vec![0f32; rows * half];
+        for p in 0..rows {
+            for j in 0..half {
+                let a = (p as f32 * inv[j]) as f64;
+                cos[p * half + j] = a.cos() as f32;
+                sin[p * half + j] = a.sin() as f32;
+            }
+        }
+        Model { w, proj, cos, sin }
+    }
+
+    /// Where projections run.
+    pub fn device(&self) -> String {
+        self.proj.name()
+    }
+
+    /// Runs one step over `slices`; returns the logits of each slice that asked for them, in
+    /// order. Every slice's cache grows by its token count.
+    pub fn step(&mut self, slices: &mut [Slice<'_>]) -> Result<Vec<Vec<f32>>> {
+        let cfg = self.w.cfg.clone();
+        let (c, q, kv, im, vocab) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        let (h, kvh, hd, eps) = (
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+            cfg.rms_norm_eps,
+        );
+        let m: usize = slices.iter().map(|s| s.tokens.len()).sum();
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        // Rows: for each slice, its tokens in order; `pos[r]` the position of row r.
+        let mut pos = Vec::with_capacity(m);
+        let mut ids = Vec::with_capacity(m);
+        for s in slices.iter() {
+            if s.cache.len + s.tokens.len() > s.cache.capacity {
+                return Err(Error::Invalid(format!(
+                    "sequence of {} tokens exceeds max_position_embeddings {}",
+                    s.cache.len + s.tokens.len(),
+                    s.cache.capacity
+                )));
+            }
+            for (i, &t) in s.tokens.iter().enumerate() {
+                if t as usize >= vocab {
+                    return Err(Error::Invalid(format!(
+                        "token id {t} >= vocab_size {vocab}"
+                    )));
+                }
+                pos.push(s.cache.len + i);
+                ids.push(t);
+            }
+        }
+        let w = self.w.clone();
+        let embed = w.embed.as_slice();
+        let mut x = vec![0f32; m * c];
+        for (r, &t) in ids.iter().enumerate() {
+            x[r * c..(r + 1) * c].copy_from_slice(&embed[t as usize * c..(t as usize + 1) * c]);
+        }
+        let mut hb = vec![0f32; m * c];
+        let (mut qb, mut kb, mut vb) = (vec![0f32; m * q], vec![0f32; m * kv], vec![0f32; m * kv]);
+        let mut att = vec![0f32; m * q];
+        let mut ob = vec![0f32; m * c];
+        let (mut g, mut u) = (vec![0f32; m * im], vec![0f32; m * im]);
+        for (l, lw) in w.layers.iter().enumerate() {
+            let id = 7 * l;
+            rmsnorm(&mut hb, &x, lw.attn_norm.as_slice(), c, eps);
+            self.proj.project(&mut qb, &hb, id, &lw.q, m)?;
+            self.proj.project(&mut kb, &hb, id + 1, &lw.k, m)?;
+            self.proj.project(&mut vb, &hb, id + 2, &lw.v, m)?;
+            self.rope(&mut qb, &pos, h, hd);
+            self.rope(&mut kb, &pos, kvh, hd);
+            // Append k, v to each sequence's cache, then attend.
+            let mut r0 = 0;
+            for s in slices.iter_mut() {
+                let n = s.tokens.len();
+                s.cache.k[l].extend_from_slice(&kb[r0 * kv..(r0 + n) * kv]);
+                s.cache.v[l].extend_from_slice(&vb[r0 * kv..(r0 + n) * kv]);
+                r0 += n;
+            }
+            attend(&mut att, &qb, slices, l, h, kvh, hd);
+            self.proj.project(&mut ob, &att, id + 3, &lw.o, m)?;
+            add_inplace(&mut x, &ob);
+            rmsnorm(&mut hb, &x, lw.mlp_norm.as_slice(), c, eps);
+            self.proj.project(&mut g, &hb, id + 4, &lw.gate, m)?;
+            self.proj.project(&mut u, &hb, id + 5, &lw.up, m)?;
+            swiglu(&mut g, &u);
+            self.proj.project(&mut ob, &g, id + 6, &lw.down, m)?;
+            add_inplace(&mut x, &ob);
+        }
+        // The rows whose logits are wanted: the last new token of those slices.
+        let mut rows = Vec::new();
+        let mut r0 = 0;
+        for s in slices.iter_mut() {
+            let n = s.tokens.len();
+            if s.logits {
+                rows.push(r0 + n - 1);
+            }
+            s.cache.len += n;
+            r0 += n;
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mo = rows.len();
+        let mut last = vec![0f32; mo * c];
+        for (i, &r) in rows.iter().enumerate() {
+            last[i * c..(i + 1) * c].copy_from_slice(&x[r * c..(r + 1) * c]);
+        }
+        let mut normed = vec![0f32; mo * c];
+        rmsnorm(&mut normed, &last, w.norm.as_slice(), c, eps);
+        let mut logits = vec![0f32; mo * vocab];
+        self.proj
+            .project(&mut logits, &normed, 7 * w.layers.len(), w.head(), mo)?;
+        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Rotate-half RoPE in place on `x: [rows, heads, hd]`.
+    fn rope(&self, x: &mut [f32], pos: &[usize], heads: usize, hd: usize) {
+        let half = hd / 2;
+        let (cos, sin) = (&self.cos, &self.sin);
+        x.par_chunks_mut(heads * hd)
+            .zip(pos.par_iter())
+            .for_each(|(row, &p)| {
+                let (cs, sn) = (
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                );
+                for hrow in row.chunks_mut(hd) {
+                    let (a, b) = hrow.split_at_mut(half);
+                    for j in 0..half {
+                        let (x1, x2) = (a[j], b[j]);
+                        a[j] = x1 * cs[j] - x2 * sn[j];
+                        b[j] = x2 * cs[j] + x1 * sn[j];
+                    }
+                }
+            });
+    }
+}
+
+/// `out[r] = (x[r] · rstd) · w`, `rstd = 1/sqrt(mean(x²) + eps)`, as HF `LlamaRMSNorm` in f32.
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
+    for (o, xr) in out.chunks_mut(c).zip(x.chunks(c)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        let rs = 1.0 / (ms + eps).sqrt();
+        for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
+            *o = (xv * rs) * wv;
+        }
+    }
+}
+
+fn add_inplace(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `g = silu(g) · u`.
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (a, &b) in g.iter_mut().zip(u) {
+        let s = *a / (1.0 + (-*a).exp());
+        *a = s * b;
+    }
+}
+
+/// Causal attention of every new row over its sequence's cache (which already holds the new
+/// keys and values). `att` and `q` are `[rows, heads·hd]`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    att: &mut [f32],
+    q: &[f32],
+    slices: &[Slice<'_>],
+    l: usize,
+    h: usize,
+    kvh: usize,
+    hd: usize,
+) {
+    let qd = h * hd;
+    let group = h / kvh;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // (row, slice index, position)
+    let mut rows = Vec::with_capacity(att.len() / qd);
+    for (si, s) in slices.iter().enumerate() {
+        for i in 0..s.tokens.len() {
+            rows.push((si, s.cache.len + i));
+        }
+    }
+    att.par_chunks_mut(qd)
+        .zip(q.par_chunks(qd))
+        .zip(rows.par_iter())
+        .for_each(|((out, qr), &(si, p))| {
+            let cache = &*slices[si].cache;
+            let kvd = cache.kv_dim();
+            let (kc, vc) = (&cache.k[l], &cache.v[l]);
+            let mut scores = vec![0f32; p + 1];
+            for head in 0..h {
+                let kh = head / group;
+                let qv = &qr[head * hd..(head + 1) * hd];
+                let mut mx = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let kr = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                    *sc = dot(qv, kr) * scale;
+                    mx = mx.max(*sc);
+                }
+                let mut z = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - mx).exp();
+                    z += *sc;
+                }
+                let o = &mut out[head * hd..(head + 1) * hd];
+                o.fill(0.0);
+                for (j, &e) in scores.iter().enumerate() {
+                    let pj = e / z;
+                    let vr = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                    for (a, &b) in o.iter_mut().zip(vr) {
+                        *a += pj * b;
+                    }
+                }
+            }
+        });
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
