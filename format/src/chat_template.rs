@@ -15,9 +15,9 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, State};
 use serde::Serialize;
 
-use super::{Piece, Unrenderable};
+use crate::conversation::{Preference, Role, Turn};
 use crate::error::{Error, Result};
-use crate::schema::{Preference, Role, Turn};
+use crate::{Piece, Unrenderable};
 
 /// A compiled chat template with the special-token strings it refers to.
 #[derive(Clone, Debug)]
@@ -35,6 +35,17 @@ pub struct ChatTemplateFormat {
 struct Message<'a> {
     role: &'a str,
     content: &'a str,
+}
+
+/// The `messages` a template sees: `role` and `content` of each turn.
+fn messages(turns: &[Turn]) -> Vec<Message<'_>> {
+    turns
+        .iter()
+        .map(|t| Message {
+            role: t.role.as_str(),
+            content: &t.text,
+        })
+        .collect()
 }
 
 fn token_string(v: Option<&serde_json::Value>) -> String {
@@ -145,7 +156,7 @@ impl ChatTemplateFormat {
             },
         );
         env.add_template_owned("chat", source.to_string())
-            .map_err(|e| Error::Config(format!("chat template does not compile: {e:#}")))?;
+            .map_err(|e| Error::Template(format!("{e:#}")))?;
         Ok(ChatTemplateFormat {
             env,
             bos_token: bos_token.into(),
@@ -217,13 +228,46 @@ impl ChatTemplateFormat {
                 "a chat template has no marker for a negative answer",
             ));
         }
-        let msgs: Vec<Message<'_>> = turns
-            .iter()
-            .map(|t| Message {
-                role: t.role.as_str(),
-                content: &t.text,
-            })
-            .collect();
+        self.incremental(&messages(turns), turns)
+    }
+
+    /// The prompt for the next answer: the template rendered with `add_generation_prompt=true`,
+    /// the bytes of `transformers`' `apply_chat_template(messages, add_generation_prompt=True)`.
+    /// All pieces are masked; they split where [`ChatTemplateFormat::render`] splits (so each
+    /// piece tokenises as in training) when the template renders incrementally, and are one
+    /// piece otherwise (for example a template that drops past reasoning). A past negative answer
+    /// is rendered as any other answer: the template has no marker for it.
+    pub fn generation_prompt(
+        &self,
+        turns: &[Turn],
+    ) -> std::result::Result<Vec<Piece>, Unrenderable> {
+        let msgs = messages(turns);
+        let full = self.render_messages(&msgs, true)?;
+        let mut out = self.incremental(&msgs, turns).unwrap_or_default();
+        let done: String = out.iter().map(Piece::text).collect();
+        match full.strip_prefix(done.as_str()) {
+            // The assistant header joins a masked piece before it, as in training.
+            Some(rest) => match out.last_mut() {
+                _ if rest.is_empty() => {}
+                Some(Piece::Text { text, loss: false }) => text.push_str(rest),
+                _ => out.push(Piece::prompt(rest)),
+            },
+            None => out = vec![Piece::prompt(full)],
+        }
+        for p in &mut out {
+            p.set_loss(false);
+        }
+        Ok(out)
+    }
+
+    /// Incremental rendering of `msgs` (the messages of `turns`): each message's span is what it
+    /// adds to the rendering before it; assistant spans carry loss, adjacent spans of equal loss
+    /// are one piece.
+    fn incremental(
+        &self,
+        msgs: &[Message<'_>],
+        turns: &[Turn],
+    ) -> std::result::Result<Vec<Piece>, Unrenderable> {
         let mut out = Vec::new();
         let mut done = String::new();
         let not_prefix = |i: usize| {
@@ -267,7 +311,7 @@ impl ChatTemplateFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::render_text;
+    use crate::render_text;
 
     /// ChatML, as published in many models' tokenizer_config.json.
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
@@ -318,6 +362,71 @@ mod tests {
             targets,
             vec![Piece::target(" Hello! </s>"), Piece::target(" Bye! </s>")]
         );
+    }
+
+    /// `apply_chat_template(messages, add_generation_prompt=True)` with ChatML, written by hand.
+    #[test]
+    fn chatml_generation_prompt() {
+        let f = crate::Format::ChatTemplate(Box::new(
+            ChatTemplateFormat::new(CHATML, "", "<|im_end|>").unwrap(),
+        ));
+        let turns = [
+            Turn::system("Be brief."),
+            Turn::user("Hi"),
+            Turn::assistant("Hello"),
+            Turn::user("Bye"),
+        ];
+        let want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(f.render_generation_text(&turns, "", "").unwrap(), want);
+        let p = f.generation_prompt(&turns).unwrap();
+        // Split where training splits (the past answer is its own piece), all masked.
+        assert_eq!(
+            p,
+            vec![
+                Piece::prompt(
+                    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+                ),
+                Piece::prompt("Hello<|im_end|>\n"),
+                Piece::prompt("<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"),
+            ]
+        );
+        // A past negative answer is written as any other (generation does not skip it).
+        let neg = [
+            Turn::user("Hi"),
+            Turn::assistant_with("Hello", Preference::Negative),
+            Turn::user("Bye"),
+        ];
+        assert!(f.generation_prompt(&neg).is_ok());
+    }
+
+    /// Llama-2-chat has no generation header: the prompt ends after `[/INST]`.
+    #[test]
+    fn llama2_generation_prompt() {
+        let f = ChatTemplateFormat::new(LLAMA2, "<s>", "</s>").unwrap();
+        let p = f
+            .generation_prompt(&[
+                Turn::user("Hi"),
+                Turn::assistant("Hello!"),
+                Turn::user("Bye"),
+            ])
+            .unwrap();
+        assert_eq!(
+            render_text(&p, "", ""),
+            "<s>[INST] Hi [/INST] Hello! </s><s>[INST] Bye [/INST]"
+        );
+        assert!(p.iter().all(|x| !x.loss()));
+    }
+
+    /// A template that rewrites past turns (here: drops every answer but the last) cannot be
+    /// split incrementally; the prompt is then the one full rendering.
+    #[test]
+    fn non_incremental_template_gives_one_piece() {
+        let tmpl = "{% for m in messages %}{% if m.role != 'assistant' or loop.last %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let f = ChatTemplateFormat::new(tmpl, "", "").unwrap();
+        let p = f
+            .generation_prompt(&[Turn::user("a"), Turn::assistant("b"), Turn::user("c")])
+            .unwrap();
+        assert_eq!(p, vec![Piece::prompt("<user>a<user>c<assistant>")]);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{KoalaFormat, Piece, Special, Unrenderable};
-use crate::schema::{Preference, Role, Turn};
+use crate::conversation::{Preference, Role, Turn};
+use crate::{KoalaFormat, Piece, Special, Unrenderable};
 
 /// An EasyLM `text_processor` configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,7 +175,7 @@ pub fn koala_example(turns: &[Turn], f: &KoalaFormat) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::render_text;
+    use crate::render_text;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {

@@ -16,8 +16,8 @@
 //! export (`[system_K]`), it is its own masked field.
 use serde::{Deserialize, Serialize};
 
-use super::{Piece, Special, Unrenderable};
-use crate::schema::{Preference, Role, Turn};
+use crate::conversation::{Preference, Role, Turn};
+use crate::{Piece, Special, Unrenderable};
 
 /// Options of the Koala format; the defaults are the published ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ impl KoalaFormat {
     }
 
     /// Renders turns into pieces, one per EasyLM field of the Koala record that
-    /// [`super::fields::koala_example`] (and the curation stage's JSONL export) writes:
+    /// [`crate::fields::koala_example`] (and the curation stage's JSONL export) writes:
     /// `[marker_user+human_K+marker_gpt]` for a user turn answered by the next turn,
     /// `[marker_user+human_K]` for one that is not, `[marker_gpt]` before an assistant turn with
     /// no user turn before it, `[system_K]` for a system turn, then `gpt_K`, `<|eos|>`.
@@ -110,38 +110,43 @@ impl KoalaFormat {
         Ok(out)
     }
 
-    /// The text prompt that asks the model for the next answer, as EasyLM's chat server sends it
-    /// (`chat_prepend_text + context + "USER: " + prompt + " " + "GPT:"`). `</s>` is written as text.
-    pub fn generation_prompt(&self, turns: &[Turn]) -> String {
-        let mut s = self.prepend_text.clone();
-        for t in turns {
-            match t.role {
-                Role::System => {
-                    s.push_str(&t.text);
-                    s.push_str(&self.separator);
-                }
-                Role::User => {
-                    s.push_str(&self.user_marker);
-                    s.push_str(&self.separator);
-                    s.push_str(&t.text);
-                    s.push_str(&self.separator);
-                }
-                Role::Assistant => {
-                    s.push_str(&self.gpt_marker);
-                    s.push_str(&t.text);
-                    s.push_str("</s>");
-                }
-            }
+    /// The pieces that ask the model for the next answer: the training layout of [`Self::render`]
+    /// for `turns` followed by an empty positive answer, less that answer's EOS, with every piece
+    /// masked. After a user turn this ends with `USER: {q} GPT:`, as EasyLM's chat server sends
+    /// it (`chat_prepend_text + context + "USER: " + prompt + " " + "GPT:"`); past answers are
+    /// followed by EOS; BOS comes first when `add_bos`. System turns, unanswered user turns and
+    /// negative past answers are written as training writes them.
+    pub fn generation_pieces(&self, turns: &[Turn]) -> Vec<Piece> {
+        let mut all = Vec::with_capacity(turns.len() + 1);
+        all.extend_from_slice(turns);
+        all.push(Turn::assistant(""));
+        // render() has no failure case for Koala.
+        let mut out = self.render(&all).unwrap_or_default();
+        debug_assert!(matches!(
+            out.last(),
+            Some(Piece::Special {
+                token: Special::Eos,
+                ..
+            })
+        ));
+        out.pop();
+        for p in &mut out {
+            p.set_loss(false);
         }
-        s.push_str(&self.gpt_marker);
-        s
+        out
+    }
+
+    /// [`Self::generation_pieces`] as text, EOS written as `</s>` and no BOS:
+    /// `BEGINNING OF CONVERSATION: USER: Hello! GPT:Hi! How can I help you?</s>USER: … GPT:`.
+    pub fn generation_prompt(&self, turns: &[Turn]) -> String {
+        crate::render_text(&self.generation_pieces(turns), "", "</s>")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::render_text;
+    use crate::render_text;
 
     fn no_bos() -> KoalaFormat {
         KoalaFormat {
@@ -164,6 +169,60 @@ mod tests {
         assert_eq!(
             prompt,
             "BEGINNING OF CONVERSATION: USER: Hello! GPT:Hi! How can I help you?</s>USER: What is the largest animal on earth? GPT:"
+        );
+    }
+
+    /// The same example through `Format::generation_prompt`: BOS first, the past answer's EOS as
+    /// the special token, everything masked, no EOS at the end, and the bytes of the string form.
+    #[test]
+    fn generation_pieces_match_the_easylm_docs_example() {
+        let turns = [
+            Turn::user("Hello!"),
+            Turn::assistant("Hi! How can I help you?"),
+            Turn::user("What is the largest animal on earth?"),
+        ];
+        let f = crate::Format::Koala(KoalaFormat::default());
+        let p = f.generation_prompt(&turns).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Piece::Special {
+                    token: Special::Bos,
+                    loss: false
+                },
+                Piece::prompt("BEGINNING OF CONVERSATION: USER: Hello! GPT:"),
+                Piece::prompt("Hi! How can I help you?"),
+                Piece::Special {
+                    token: Special::Eos,
+                    loss: false
+                },
+                Piece::prompt("USER: What is the largest animal on earth? GPT:"),
+            ]
+        );
+        assert_eq!(
+            f.render_generation_text(&turns, "<s>", "</s>").unwrap(),
+            "<s>BEGINNING OF CONVERSATION: USER: Hello! GPT:Hi! How can I help you?</s>USER: What is the largest animal on earth? GPT:"
+        );
+        assert_eq!(
+            render_text(&p, "", "</s>"),
+            KoalaFormat::default().generation_prompt(&turns)
+        );
+        // The generation prompt is the training rendering up to the answer, piece for piece.
+        let mut answered = turns.to_vec();
+        answered.push(Turn::assistant("The blue whale."));
+        let mut trained = KoalaFormat::default().render(&answered).unwrap();
+        trained.truncate(p.len());
+        trained.iter_mut().for_each(|x| x.set_loss(false));
+        assert_eq!(trained, p);
+        // With nothing said yet, the model answers from the bare prepend text.
+        assert_eq!(
+            no_bos().generation_prompt(&[]),
+            "BEGINNING OF CONVERSATION: GPT:"
+        );
+        // A system turn is written as training writes it (its own field, no separator).
+        assert_eq!(
+            no_bos().generation_prompt(&[Turn::system("Be brief."), Turn::user("Hi")]),
+            "BEGINNING OF CONVERSATION: Be brief.USER: Hi GPT:"
         );
     }
 

@@ -1,32 +1,39 @@
-//! Prompt formats: Koala/EasyLM, the EasyLM `fields` interpreter, Alpaca, and Jinja chat templates.
+//! Conversation types and prompt formats: Koala/EasyLM, the EasyLM `fields` interpreter, Alpaca,
+//! and Jinja chat templates. No polars: training (`koala-pipeline`, which re-exports this crate as
+//! `koala_pipeline::format`), the chat server and the evaluation all render through this one crate.
 //!
 //! A format turns one [`Conversation`] into a list of [`Piece`]s: spans of text or single special
-//! tokens, each with a loss flag. The tokenizer ([`crate::tokenize`]) encodes every text piece on its
-//! own, so a loss boundary is always a token boundary, exactly as EasyLM tokenises each field
-//! separately. Byte layouts are documented in `docs/formats.md`.
+//! tokens, each with a loss flag. The tokenizer encodes every text piece on its own, so a loss
+//! boundary is always a token boundary, exactly as EasyLM tokenises each field separately.
+//! [`Format::generation_prompt`] gives the pieces a model continues from to answer (the
+//! conversation so far and the format's answer header, with no target and no EOS at the end).
+//! Byte layouts are documented in `docs/formats.md`.
 //!
 //! # Example
 //! ```
-//! use koala_pipeline::format::{Format, KoalaFormat, render_text};
-//! use koala_pipeline::schema::Turn;
+//! use koala_format::{Format, KoalaFormat, Turn, render_text};
 //! let f = Format::Koala(KoalaFormat { add_bos: false, ..KoalaFormat::default() });
 //! let pieces = f.render_turns(&[Turn::user("Hello!"), Turn::assistant("Hi! How can I help you?")], "{}").unwrap();
 //! assert_eq!(
 //!     render_text(&pieces, "<s>", "</s>"),
 //!     "BEGINNING OF CONVERSATION: USER: Hello! GPT:Hi! How can I help you?</s>"
 //! );
+//! let prompt = f.generation_prompt(&[Turn::user("Hello!")]).unwrap();
+//! assert_eq!(render_text(&prompt, "<s>", "</s>"), "BEGINNING OF CONVERSATION: USER: Hello! GPT:");
 //! ```
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{Conversation, Turn};
-
 pub mod alpaca;
 pub mod chat_template;
+pub mod conversation;
+pub mod error;
 pub mod fields;
 pub mod koala;
 
 pub use alpaca::AlpacaFormat;
 pub use chat_template::ChatTemplateFormat;
+pub use conversation::{Conversation, Preference, Role, Turn};
+pub use error::{Error, Result};
 pub use fields::FieldsSpec;
 pub use koala::KoalaFormat;
 
@@ -71,6 +78,19 @@ impl Piece {
             Piece::Text { loss, .. } | Piece::Special { loss, .. } => *loss,
         }
     }
+    /// Sets whether the piece's tokens carry loss.
+    pub fn set_loss(&mut self, value: bool) {
+        match self {
+            Piece::Text { loss, .. } | Piece::Special { loss, .. } => *loss = value,
+        }
+    }
+    /// The piece's text; empty for a special token.
+    pub fn text(&self) -> &str {
+        match self {
+            Piece::Text { text, .. } => text,
+            Piece::Special { .. } => "",
+        }
+    }
 }
 
 /// Why a conversation has no rendering in a format (it is skipped and counted, not an error).
@@ -84,7 +104,8 @@ pub struct Unrenderable {
 }
 
 impl Unrenderable {
-    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    /// An unrenderable verdict with a stable reason key and an explanation.
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         Unrenderable {
             reason,
             detail: detail.into(),
@@ -132,6 +153,48 @@ impl Format {
             ));
         }
         Ok(pieces)
+    }
+
+    /// The prompt that asks a model for the next answer: the pieces of `turns` (the conversation
+    /// so far, its last turn normally a user turn) followed by exactly what the format puts before
+    /// an assistant answer, with no target and no EOS at the end. Every piece has `loss: false`.
+    /// Pieces split where training splits them, so that tokenising them one by one gives the
+    /// tokens the model was trained on.
+    ///
+    /// - Koala: `BEGINNING OF CONVERSATION: USER: {q} GPT:`, past answers followed by EOS, BOS
+    ///   first when `add_bos` (the bytes of [`KoalaFormat::generation_prompt`]).
+    /// - Alpaca: the `PROMPT_DICT` prompt of the one user turn, ending with `### Response:`;
+    ///   anything but a single user turn is [`Unrenderable`] (`not_single_turn`).
+    /// - Chat template: the template rendered with `add_generation_prompt=true`, as
+    ///   `apply_chat_template(..., add_generation_prompt=True)`.
+    pub fn generation_prompt(&self, turns: &[Turn]) -> Result<Vec<Piece>, Unrenderable> {
+        self.generation_prompt_with_meta(turns, "{}")
+    }
+
+    /// [`Format::generation_prompt`] with a `meta` JSON object, from which Alpaca reads
+    /// `instruction` and `input` (an eval-set row that keeps them apart); the other formats
+    /// ignore it.
+    pub fn generation_prompt_with_meta(
+        &self,
+        turns: &[Turn],
+        meta: &str,
+    ) -> Result<Vec<Piece>, Unrenderable> {
+        match self {
+            Format::Koala(f) => Ok(f.generation_pieces(turns)),
+            Format::Alpaca(f) => f.generation_prompt(turns, meta),
+            Format::ChatTemplate(f) => f.generation_prompt(turns),
+        }
+    }
+
+    /// [`Format::generation_prompt`] as one string, special tokens written as `bos` and `eos`
+    /// (a chat template writes its special tokens as text already).
+    pub fn render_generation_text(
+        &self,
+        turns: &[Turn],
+        bos: &str,
+        eos: &str,
+    ) -> Result<String, Unrenderable> {
+        Ok(render_text(&self.generation_prompt(turns)?, bos, eos))
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Error {
     Polars(#[from] polars::error::PolarsError),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// Building a prompt format failed (a chat template that does not load or compile).
+    #[error(transparent)]
+    Format(#[from] koala_format::Error),
 }
 
 /// The pipeline's result type.

@@ -5,7 +5,9 @@
 //! [`format`] → [`tokenize`] → packed shards, the contract with the trainer.
 pub mod bleu;
 pub mod error;
-pub mod format;
+/// The prompt formats, from the polars-free `koala-format` crate (so `koala_pipeline::format::…`
+/// and `koala_format::…` name the same items).
+pub use koala_format as format;
 pub mod leakage;
 pub mod schema;
 pub mod sources;

@@ -31,11 +31,11 @@
 //! assert_eq!(df.height(), 1);
 //! assert_eq!(from_dataframe(&df).unwrap(), vec![conv]);
 //! ```
-use std::fmt;
-use std::str::FromStr;
-
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
+
+/// The conversation types live in the polars-free `koala-format` crate; this table is built
+/// from them.
+pub use koala_format::conversation::{Conversation, Preference, Role, Turn};
 
 use crate::error::{Error, Result};
 
@@ -52,108 +52,6 @@ pub mod col {
     pub const ROLE: &str = "role";
     pub const TEXT: &str = "text";
     pub const PREFERENCE: &str = "preference";
-}
-
-/// Who speaks a turn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-    System,
-}
-
-/// The human-feedback label of a turn. Only assistant turns carry a meaningful one; data without
-/// feedback is `Positive` (Koala's convention), user and system turns are `Unrated`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preference {
-    Positive,
-    Negative,
-    Unrated,
-}
-
-macro_rules! str_enum {
-    ($t:ty, $what:literal, $($v:ident => $s:literal),+) => {
-        impl $t {
-            /// The string stored in the table.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),+ }
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> std::result::Result<Self, String> {
-                match s {
-                    $($s => Ok(Self::$v),)+
-                    other => Err(format!("unknown {} {:?}", $what, other)),
-                }
-            }
-        }
-    };
-}
-str_enum!(Role, "role", User => "user", Assistant => "assistant", System => "system");
-str_enum!(Preference, "preference", Positive => "positive", Negative => "negative", Unrated => "unrated");
-
-/// One turn of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Turn {
-    pub role: Role,
-    pub text: String,
-    pub preference: Preference,
-}
-
-impl Turn {
-    /// A user turn (always unrated).
-    pub fn user(text: impl Into<String>) -> Self {
-        Turn {
-            role: Role::User,
-            text: text.into(),
-            preference: Preference::Unrated,
-        }
-    }
-    /// An assistant turn without human feedback: positive, as Koala treats such data.
-    pub fn assistant(text: impl Into<String>) -> Self {
-        Turn {
-            role: Role::Assistant,
-            text: text.into(),
-            preference: Preference::Positive,
-        }
-    }
-    /// An assistant turn with an explicit preference.
-    pub fn assistant_with(text: impl Into<String>, preference: Preference) -> Self {
-        Turn {
-            role: Role::Assistant,
-            text: text.into(),
-            preference,
-        }
-    }
-    /// A system turn (always unrated).
-    pub fn system(text: impl Into<String>) -> Self {
-        Turn {
-            role: Role::System,
-            text: text.into(),
-            preference: Preference::Unrated,
-        }
-    }
-}
-
-/// One row of the conversation table, as a Rust value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Conversation {
-    pub id: String,
-    pub source: String,
-    pub split: String,
-    pub turns: Vec<Turn>,
-    pub src_file: String,
-    pub src_record: u64,
-    /// A JSON object (as text) of source-specific facts; `"{}"` when there are none.
-    pub meta: String,
 }
 
 /// The dtype of one element of `turns`.
