@@ -156,3 +156,66 @@ impl<'a> TextStream<'a> {
         self.ids.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_hf");
+        Tokenizer::from_file(dir.join("tokenizer.json")).unwrap()
+    }
+
+    /// Pushes `text`'s tokens one by one; returns the deltas and whether a stop string ended it.
+    fn run(tk: &Tokenizer, text: &str, stops: &[&str]) -> (Vec<String>, bool) {
+        let ids = tk.encode(text, false).unwrap().get_ids().to_vec();
+        let mut ts = TextStream::new(tk, stops.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for id in ids {
+            let d = ts.push(id).unwrap();
+            out.push(d.text);
+            if d.stopped {
+                return (out, true);
+            }
+        }
+        out.push(ts.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn multibyte_characters_are_never_split() {
+        let tk = tokenizer();
+        let text = "Koala 🐨 says héllo to 世界, naïve café ☕!";
+        let ids = tk.encode(text, false).unwrap().get_ids().to_vec();
+        // The byte-level vocabulary has no token for these characters: they span several tokens.
+        assert!(ids.len() > text.split_whitespace().count() + 6, "{ids:?}");
+        let (deltas, stopped) = run(&tk, text, &[]);
+        assert!(!stopped);
+        for d in &deltas {
+            assert!(
+                !d.contains('\u{FFFD}'),
+                "a delta split a character: {deltas:?}"
+            );
+        }
+        assert_eq!(deltas.concat(), text);
+    }
+
+    #[test]
+    fn stop_strings_match_across_tokens_and_are_dropped() {
+        let tk = tokenizer();
+        let text = "Hello there. USER: what now? GPT: nothing";
+        for stop in ["USER:", "R: wh", "."] {
+            let (deltas, stopped) = run(&tk, text, &[stop, "never"]);
+            assert!(stopped, "{stop}");
+            assert_eq!(deltas.concat(), text[..text.find(stop).unwrap()], "{stop}");
+        }
+        // A held-back prefix of a stop string that never completes is returned at the end.
+        let (deltas, stopped) = run(&tk, "ends with US", &["USER:"]);
+        assert!(!stopped);
+        assert_eq!(deltas.concat(), "ends with US");
+        // A stop string that spans a multibyte character.
+        let (deltas, stopped) = run(&tk, "tea ☕ time", &["☕ t"]);
+        assert!(stopped);
+        assert_eq!(deltas.concat(), "tea ");
+    }
+}
