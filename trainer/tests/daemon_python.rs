@@ -1,7 +1,8 @@
 //! The example Python client (`examples/python/client.py`, grpcio + grpcio-tools stubs generated
 //! from proto/) against the real daemon: submit a tiny job and watch it to SUCCEEDED, list, read
-//! metrics, and get UNAUTHENTICATED with a wrong token. Skipped with a message when Python or
-//! those packages are missing (scripts/test.sh installs them).
+//! metrics, sample its checkpoint with Generate, and get UNAUTHENTICATED with a wrong token.
+//! Skipped with a message when Python or those packages are missing (scripts/test.sh installs
+//! them).
 mod daemon_common;
 
 use std::path::{Path, PathBuf};
@@ -133,6 +134,59 @@ epochs = 1
             .map(|m| m["step"].as_u64().unwrap())
             .collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
+    );
+
+    // Generate: greedy tokens from the job's checkpoint, one JSON line per message, the last with
+    // the finish reason and counts (the tiny model names no EOS: all 4 tokens).
+    let (ok, sampled, err) = client(
+        &[
+            "generate",
+            "1",
+            "--prompt-ids",
+            "1,2,3",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ],
+        &d.addr,
+        &token,
+        &gen_dir,
+    );
+    assert!(ok, "{sampled:?}\n{err}");
+    let last = sampled.last().unwrap();
+    assert_eq!(last["finish_reason"], "length", "{sampled:?}");
+    assert_eq!(
+        (
+            last["prompt_tokens"].as_u64(),
+            last["completion_tokens"].as_u64()
+        ),
+        (Some(3), Some(4))
+    );
+    let ids: usize = sampled
+        .iter()
+        .map(|m| m["token_ids"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(ids, 4, "{sampled:?}");
+    assert!(
+        sampled[0]["checkpoint"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("runs/py/checkpoints/step-00000005")),
+        "{sampled:?}"
+    );
+    let (ok, refused, _) = client(
+        &["generate", "1", "--prompt-ids", "1", "--temperature", "-1"],
+        &d.addr,
+        &token,
+        &gen_dir,
+    );
+    assert!(!ok);
+    assert_eq!(refused[0]["error"], "INVALID_ARGUMENT");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("temperature:")),
+        "{refused:?}"
     );
 
     let bad = dir.path().join("bad-token");

@@ -1,12 +1,12 @@
 //! The Rust client the `koala` CLI uses: connect (token, optional TLS), job files in TOML, job
-//! formatting, and a live progress bar fed by WatchJob.
+//! formatting, a live progress bar fed by WatchJob, and sampling a checkpoint with Generate.
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use koala_proto::v1::trainer_service_client::TrainerServiceClient;
 use koala_proto::v1::{
-    GetJobRequest, Hyperparameters, Job, JobSpec, JobState, WatchJobRequest, job_event::Kind,
-    job_spec::BaseModel,
+    GenerateRequest, GetJobRequest, Hyperparameters, Job, JobSpec, JobState, WatchJobRequest,
+    job_event::Kind, job_spec::BaseModel,
 };
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
@@ -343,4 +343,57 @@ pub async fn watch(client: &mut Client, id: u64, bar: bool) -> Result<Job, Clien
     }
     pb.finish_and_clear();
     Ok(client.get_job(GetJobRequest { id }).await?.into_inner())
+}
+
+/// What a `Generate` call produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sampled {
+    /// The checkpoint (or model directory) the daemon sampled.
+    pub checkpoint: String,
+    /// The completion's text ("" without a tokenizer) and tokens.
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// "stop" or "length".
+    pub finish_reason: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Runs `Generate`, writing the completion to `out` as it streams: its text, or with `ids` its
+/// token ids (comma-separated). Fails when the stream ends without its last message.
+pub async fn generate(
+    client: &mut Client,
+    req: GenerateRequest,
+    out: &mut impl std::io::Write,
+    ids: bool,
+) -> Result<Sampled, ClientError> {
+    let mut stream = client.generate(req).await?.into_inner();
+    let mut got = Sampled::default();
+    let io = |e: std::io::Error| ClientError::Other(format!("writing the output: {e}"));
+    while let Some(m) = stream.message().await? {
+        if got.checkpoint.is_empty() {
+            got.checkpoint = m.checkpoint;
+        }
+        if ids {
+            for t in &m.token_ids {
+                let sep = if got.token_ids.is_empty() { "" } else { "," };
+                write!(out, "{sep}{t}").map_err(io)?;
+                got.token_ids.push(*t);
+            }
+        } else {
+            write!(out, "{}", m.text).map_err(io)?;
+            got.token_ids.extend(&m.token_ids);
+        }
+        out.flush().map_err(io)?;
+        got.text.push_str(&m.text);
+        if !m.finish_reason.is_empty() {
+            got.finish_reason = m.finish_reason;
+            got.prompt_tokens = m.prompt_tokens;
+            got.completion_tokens = m.completion_tokens;
+            return Ok(got);
+        }
+    }
+    Err(ClientError::Other(
+        "the Generate stream ended without its last message".into(),
+    ))
 }

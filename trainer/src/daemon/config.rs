@@ -9,6 +9,8 @@
 //! max_message_bytes = 1048576
 //! training_nice = 10               # nice value of training threads (0 = same as the RPC threads)
 //! training_idle = false            # true: training threads only get CPU time nothing else wants
+//! generate_device = "cpu"          # where Generate decodes: cpu, auto, cuda:N
+//! generate_allow_dirs = false      # true: Generate may also sample a model_dir inside data_root
 //! [tls]                            # optional: serve TLS (rustls)
 //! cert = "server.pem"
 //! key = "server.key"
@@ -50,6 +52,14 @@ pub struct DaemonConfig {
     /// pauses training too, so this suits a machine that does nothing but train (default false).
     #[serde(default)]
     pub training_idle: bool,
+    /// Where `Generate` decodes: `cpu` (default), `auto` (CUDA when usable, else the CPU) or
+    /// `cuda:N`.
+    #[serde(default = "default_generate_device")]
+    pub generate_device: String,
+    /// Let `Generate` sample any model directory inside `data_root` (`model_dir`), not only the
+    /// checkpoints of the daemon's own jobs (default false).
+    #[serde(default)]
+    pub generate_allow_dirs: bool,
     /// Serve TLS with this certificate and key (PEM).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -74,6 +84,9 @@ fn default_training_nice() -> i32 {
 }
 fn default_max_message() -> usize {
     1 << 20
+}
+fn default_generate_device() -> String {
+    "cpu".to_string()
 }
 
 impl DaemonConfig {
@@ -116,6 +129,12 @@ impl DaemonConfig {
                 "training_nice must be between 0 and 19, not {}",
                 cfg.training_nice
             )));
+        }
+        if let Err(e) = cfg
+            .generate_device
+            .parse::<koala_kernels::select::DeviceSpec>()
+        {
+            return Err(DaemonError::Config(format!("generate_device: {e}")));
         }
         if cfg.max_message_bytes < 4096 {
             return Err(DaemonError::Config(
@@ -166,6 +185,8 @@ mod tests {
         assert_eq!(cfg.max_queued_jobs, 100);
         assert_eq!(cfg.training_nice, 10);
         assert!(!cfg.training_idle);
+        assert_eq!(cfg.generate_device, "cpu");
+        assert!(!cfg.generate_allow_dirs);
         assert!(cfg.tls.is_none());
         let err = DaemonConfig::parse(
             "data_root = \"d\"\nstate_dir = \"s\"\ntoken_file = \"t\"\ntraining_nice = 25\n",
@@ -179,6 +200,12 @@ mod tests {
         )
         .unwrap();
         assert!(idle.training_idle);
+        let err = DaemonConfig::parse(
+            "data_root = \"d\"\nstate_dir = \"s\"\ntoken_file = \"t\"\ngenerate_device = \"tpu\"\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("generate_device"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Layout, in request order: [`config`] → [`server`] (tonic, TLS, health, reflection) →
 //! [`auth`] (bearer token) → [`service`] (RPC handlers) → [`validate`] (JobSpec rules) →
 //! [`store`] (SQLite, WAL) → [`scheduler`] (FIFO per [`devices`] set) → [`runner`] (the training
-//! trait) → [`train_runner`] (the real trainer). [`client`] is the Rust client the CLI uses;
+//! trait) → [`train_runner`] (the real trainer). [`generate`] serves `Generate` (sampling a job's
+//! checkpoint on koala-model's engine). [`client`] is the Rust client the CLI uses;
 //! [`hooks`] holds the debug pause points of the crash tests; [`wire`] the pre-encoded replies of
 //! `GetJob`/`ListJobs`. See docs/daemon.md.
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod generate;
 pub mod hooks;
 pub mod runner;
 pub mod scheduler;

@@ -14,6 +14,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use super::auth::BearerAuth;
 use super::config::DaemonConfig;
 use super::error::{DaemonError, Result};
+use super::generate::GenerateOptions;
 use super::runner::Runner;
 use super::scheduler::{Core, Scheduler};
 use super::service::{TrainerApi, TrainerRoutes};
@@ -58,7 +59,13 @@ pub async fn serve_on(
     let store = Store::open(&state_dir.join(STORE_FILE))?;
     let core = Arc::new(Core::new(store, data_root, state_dir));
     let scheduler = Scheduler::start(core.clone(), runner)?;
-    let api = TrainerApi::new(core, scheduler, cfg.max_queued_jobs as u64);
+    let api = TrainerApi::new(core, scheduler, cfg.max_queued_jobs as u64).with_generate(
+        GenerateOptions {
+            device: cfg.generate_device.clone(),
+            allow_dirs: cfg.generate_allow_dirs,
+            ..Default::default()
+        },
+    );
     let auth = BearerAuth::new(&token);
 
     let (health, health_svc) = tonic_health::server::health_reporter();

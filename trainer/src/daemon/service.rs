@@ -1,7 +1,8 @@
 //! The `TrainerService` implementation: thin async handlers over the store and the scheduler.
 //! `GetJob` and `ListJobs` read the store's in-memory job table directly; event and metric reads
 //! and all writes run on the blocking pool (reads bounded by a semaphore), so that RPCs stay
-//! responsive and a burst of reads cannot starve the runtime.
+//! responsive and a burst of reads cannot starve the runtime. `Generate` is served by
+//! [`super::generate::Generator`].
 //!
 //! [`TrainerRoutes`] is what the server mounts: it answers `GetJob` and `ListJobs` with the
 //! store's pre-encoded jobs ([`super::wire`]) and hands every other method to the generated
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use koala_proto::v1::trainer_service_server::{SERVICE_NAME, TrainerService, TrainerServiceServer};
 use koala_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetMetricsRequest, GetMetricsResponse, Job, JobEvent, JobSpec,
-    JobState, ListJobsRequest, ListJobsResponse, WatchJobRequest, job_event::Kind,
+    CancelJobRequest, GenerateRequest, GetJobRequest, GetMetricsRequest, GetMetricsResponse, Job,
+    JobEvent, JobSpec, JobState, ListJobsRequest, ListJobsResponse, WatchJobRequest,
+    job_event::Kind,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
@@ -23,6 +25,7 @@ use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
 use super::error::DaemonError;
+use super::generate::{GenerateOptions, GenerateStream, Generator};
 use super::hooks::pause_point;
 use super::scheduler::{Core, Scheduler};
 use super::store::{CancelOutcome, SubmitOutcome, is_terminal};
@@ -42,16 +45,25 @@ pub struct TrainerApi {
     scheduler: Arc<Scheduler>,
     reads: Arc<Semaphore>,
     max_queued: u64,
+    generator: Arc<Generator>,
 }
 
 impl TrainerApi {
+    /// The service, with `Generate` at its defaults (CPU, job checkpoints only).
     pub fn new(core: Arc<Core>, scheduler: Arc<Scheduler>, max_queued: u64) -> Self {
         TrainerApi {
+            generator: Arc::new(Generator::new(core.clone(), GenerateOptions::default())),
             core,
             scheduler,
             reads: Arc::new(Semaphore::new(READ_PERMITS)),
             max_queued,
         }
+    }
+
+    /// Serves `Generate` with `opts` (device, model directories, engine limits).
+    pub fn with_generate(mut self, opts: GenerateOptions) -> Self {
+        self.generator = Arc::new(Generator::new(self.core.clone(), opts));
+        self
     }
 
     async fn blocking<T: Send + 'static>(
@@ -318,13 +330,25 @@ impl TrainerService for TrainerApi {
             .await?;
         Ok(Response::new(GetMetricsResponse { points }))
     }
+
+    type GenerateStream = GenerateStream;
+
+    async fn generate(
+        &self,
+        req: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        Ok(Response::new(
+            self.generator.generate(req.into_inner()).await?,
+        ))
+    }
 }
 
 const GET_JOB: &str = "/koala.trainer.v1.TrainerService/GetJob";
 const LIST_JOBS: &str = "/koala.trainer.v1.TrainerService/ListJobs";
 
 /// The mounted `TrainerService`: `GetJob` and `ListJobs` answered from pre-encoded jobs, every
-/// other method by the generated server. Same name, paths and message limits as that server.
+/// other method (`Generate` and the streaming `WatchJob` included) by the generated server. Same
+/// name, paths and message limits as that server.
 #[derive(Clone)]
 pub struct TrainerRoutes {
     api: Arc<TrainerApi>,

@@ -118,6 +118,8 @@ impl Fixture {
             max_message_bytes: 64 * 1024,
             training_nice: 0,
             training_idle: false,
+            generate_device: "cpu".into(),
+            generate_allow_dirs: false,
             tls: None,
         }
     }
