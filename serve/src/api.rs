@@ -357,10 +357,7 @@ impl Sampling {
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid("stop", "a stop sequence is empty"));
         }
-        let seed = match self.seed {
-            Some(s) => Some(s as u64),
-            None => None,
-        };
+        let seed = self.seed.map(|s| s as u64);
         Ok(Checked {
             max_tokens,
             temperature: temperature as f32,
