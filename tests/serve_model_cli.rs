@@ -23,7 +23,15 @@ fn fixture() -> PathBuf {
 fn start(extra: &[&str]) -> (Kill, String) {
     let model = format!("tiny={}", fixture().display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_koala"))
-        .args(["serve-model", "--model", &model, "--listen", "127.0.0.1:0", "--device", "cpu"])
+        .args([
+            "serve-model",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,7 +54,10 @@ fn in_ci() -> bool {
 }
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "-w", "\n%{http_code}"]).args(args).output();
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output();
     let out = match out {
         Ok(o) => o,
         Err(e) => panic!("curl: {e}"),
@@ -98,12 +109,16 @@ fn the_official_openai_client_works_unchanged() {
     let py = std::env::var("KOALA_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&py).args(["-c", "import openai"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(!in_ci(), "{py} cannot import openai in CI (scripts/test.sh installs it)");
+        assert!(
+            !in_ci(),
+            "{py} cannot import openai in CI (scripts/test.sh installs it)"
+        );
         println!("skipped: {py} cannot import openai");
         return;
     }
     let (_srv, base) = start(&[]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client_check.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client_check.py");
     let out = Command::new(&py)
         .arg(&script)
         .args([base.as_str(), "tiny"])
@@ -119,7 +134,10 @@ fn the_official_openai_client_works_unchanged() {
     assert!(!v["chat_text"].as_str().unwrap().is_empty());
     assert_eq!(v["stream_text"], v["chat_text"]);
     assert_eq!(v["stream_roles"], serde_json::json!(["assistant"]));
-    assert_eq!(v["stream_finishes"], serde_json::json!([v["chat_finish"].clone()]));
+    assert_eq!(
+        v["stream_finishes"],
+        serde_json::json!([v["chat_finish"].clone()])
+    );
     assert_eq!(v["stream_usage"], v["chat_usage"]);
     assert_eq!(v["completion_stream_text"], v["completion_text"]);
     assert_eq!(v["completion_finish"], "length");

@@ -53,9 +53,11 @@ pub struct Args {
 pub fn eos_ids(cfg: &koala_model::LlamaConfig) -> Vec<u32> {
     match &cfg.eos_token_id {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
-        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -90,7 +92,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let out = engine.generate(request(ids.clone()))?;
             println!(
                 "{}",
-                out.tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                out.tokens
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
         }
         (Some(prompt), None) => {
