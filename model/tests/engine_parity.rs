@@ -227,3 +227,18 @@ fn bad_requests_and_a_full_queue_are_errors() {
     assert!(refused >= 2, "{refused} refused, {} accepted", held.len());
     assert!(held.len() <= 4);
 }
+
+/// The CUDA path (projections through cuBLAS) gives transformers' greedy tokens too. Run by
+/// `scripts/gpu-check.sh` on a machine with a GPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_engine_greedy_tokens_equal_transformers() {
+    let engine = Engine::on_device(weights(), "cuda:0", EngineConfig::default()).unwrap();
+    assert!(engine.device().starts_with("cuda"), "{}", engine.device());
+    for c in cases() {
+        let out = engine
+            .generate(Request::new(c.ids.clone(), c.greedy.len(), SampleParams::greedy()))
+            .unwrap();
+        assert_eq!(out.tokens, c.greedy);
+    }
+}
