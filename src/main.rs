@@ -52,6 +52,8 @@ enum Command {
     Cancel(cmd::jobs::CancelArgs),
     /// Sample a job's newest checkpoint on the daemon (Generate), printing text as it streams.
     Sample(cmd::jobs::SampleArgs),
+    /// Watermark tools: `detect` tests texts for the `--watermark-key` green-list watermark.
+    Watermark(cmd::watermark::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +81,6 @@ fn main() -> anyhow::Result<()> {
         Command::Job(a) => cmd::jobs::job(a),
         Command::Cancel(a) => cmd::jobs::cancel(a),
         Command::Sample(a) => cmd::jobs::sample(a),
+        Command::Watermark(a) => cmd::watermark::run(a),
     }
 }

@@ -11,3 +11,4 @@ pub mod submit;
 pub mod synth;
 pub mod tokenize;
 pub mod train;
+pub mod watermark;
