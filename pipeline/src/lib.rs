@@ -9,6 +9,7 @@ pub mod error;
 /// and `koala_format::…` name the same items).
 pub use koala_format as format;
 pub mod leakage;
+pub mod rouge;
 pub mod schema;
 pub mod sources;
 pub mod stages;
