@@ -11,6 +11,7 @@ pub use koala_format as format;
 pub mod leakage;
 pub mod rouge;
 pub mod schema;
+pub mod selfinstruct;
 pub mod sources;
 pub mod stages;
 pub mod synth;
