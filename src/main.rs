@@ -54,6 +54,9 @@ enum Command {
     Sample(cmd::jobs::SampleArgs),
     /// Watermark tools: `detect` tests texts for the `--watermark-key` green-list watermark.
     Watermark(cmd::watermark::Args),
+    /// Alpaca's self-instruct: `dedup` (ROUGE-L filter) of instruction data.
+    #[command(name = "self-instruct")]
+    SelfInstruct(cmd::self_instruct::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cancel(a) => cmd::jobs::cancel(a),
         Command::Sample(a) => cmd::jobs::sample(a),
         Command::Watermark(a) => cmd::watermark::run(a),
+        Command::SelfInstruct(a) => cmd::self_instruct::run(a),
     }
 }

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod jobs;
 pub mod load;
 pub mod logits;
+pub mod self_instruct;
 pub mod serve;
 pub mod submit;
 pub mod synth;
