@@ -133,6 +133,102 @@ fn best_among(t: f64, docs: &[Doc], q: &Doc, cands: &[u32]) -> Option<(u32, f64)
     best
 }
 
+/// Per-candidate state of one probe (see [`probe`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    stamp: u32,
+    dead: bool,
+    hits: u32,
+    i: u32,
+    j: u32,
+    alpha: u32,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(u32, Vec<Seen>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// A posting: a doc (global index) and the position of the element in its `elems`.
+type Posting = (u32, u32);
+
+/// Candidates of `q` among indexed docs, by prefix filtering with ppjoin's positional bound,
+/// ascending. `list(e)` gives the postings of element `e`; `keep(d)` restricts the docs.
+///
+/// Soundness: both `elems` are sorted by the same global order. When `d` is first met at query
+/// position `i` and doc position `j`, no common element precedes `i` in `q` or `j` in `d` (an
+/// earlier one would be in both prefixes, hence met earlier), so |q ∩ d| ≤ 1 + min(n−1−i, m−1−j);
+/// after the prefix, |q ∩ d| ≤ hits + min(n−1−i', m−1−j') at the last hit (i', j'). A doc whose
+/// bound is below α(m, n) cannot reach F > t.
+fn probe<'a>(
+    t: f64,
+    docs: &[Doc],
+    q: &Doc,
+    list: impl Fn(u32) -> &'a [Posting],
+    keep: impl Fn(u32) -> bool,
+) -> Vec<u32> {
+    let n = q.toks.len();
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (stamp, seen) = &mut *guard;
+        if seen.len() < docs.len() {
+            seen.resize(docs.len(), Seen::default());
+        }
+        *stamp = stamp.wrapping_add(1);
+        if *stamp == 0 {
+            seen.iter_mut().for_each(|s| s.stamp = 0);
+            *stamp = 1;
+        }
+        let st = *stamp;
+        let mut touched: Vec<u32> = Vec::new();
+        for (i, &e) in q.elems[..q.prefix].iter().enumerate() {
+            for &(d, j) in list(e) {
+                if !keep(d) {
+                    continue;
+                }
+                let s = &mut seen[d as usize];
+                let m = docs[d as usize].toks.len();
+                if s.stamp != st {
+                    *s = Seen {
+                        stamp: st,
+                        dead: true,
+                        ..Seen::default()
+                    };
+                    touched.push(d);
+                    let Some(a) = alpha(t, m, n) else { continue };
+                    let ub = 1 + (n - 1 - i).min(m - 1 - j as usize);
+                    if ub < a {
+                        continue;
+                    }
+                    *s = Seen {
+                        stamp: st,
+                        dead: false,
+                        hits: 1,
+                        i: i as u32,
+                        j,
+                        alpha: a as u32,
+                    };
+                } else if !s.dead {
+                    s.hits += 1;
+                    s.i = i as u32;
+                    s.j = j;
+                }
+            }
+        }
+        let mut out: Vec<u32> = touched
+            .into_iter()
+            .filter(|&d| {
+                let s = &seen[d as usize];
+                let m = docs[d as usize].toks.len();
+                !s.dead
+                    && s.hits as usize + (n - 1 - s.i as usize).min(m - 1 - s.j as usize)
+                        >= s.alpha as usize
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    })
+}
+
 /// Encodes texts into docs with globally ranked multiset elements.
 fn prepare(texts: &[&str], t: f64) -> Vec<Doc> {
     let mut vocab = Vocab::new();
@@ -214,11 +310,11 @@ pub fn dedup(
         .flat_map(|d| d.elems.iter())
         .max()
         .map_or(0, |&r| r as usize + 1);
-    let mut postings: Vec<Vec<u32>> = vec![Vec::new(); n_ranks];
-    let index = |postings: &mut Vec<Vec<u32>>, g: usize| {
+    let mut postings: Vec<Vec<Posting>> = vec![Vec::new(); n_ranks];
+    let index = |postings: &mut Vec<Vec<Posting>>, g: usize| {
         let d = &docs[g];
-        for &e in &d.elems[..d.prefix] {
-            postings[e as usize].push(g as u32);
+        for (j, &e) in d.elems[..d.prefix].iter().enumerate() {
+            postings[e as usize].push((g as u32, j as u32));
         }
     };
     for g in 0..na {
@@ -229,41 +325,34 @@ pub fn dedup(
     while start < all.len() {
         let end = (start + BLOCK).min(all.len());
         // In-block index over every item of the block (kept or not yet decided).
-        let mut local: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut local: HashMap<u32, Vec<Posting>> = HashMap::new();
         for g in start..end {
             let d = &docs[g];
-            for &e in &d.elems[..d.prefix] {
-                local.entry(e).or_default().push(g as u32);
+            for (j, &e) in d.elems[..d.prefix].iter().enumerate() {
+                local.entry(e).or_default().push((g as u32, j as u32));
             }
         }
         let postings_ref = &postings;
         let docs_ref = &docs;
+        let local_ref = &local;
         let found: Vec<(Option<(u32, f64)>, Vec<(u32, f64)>)> = (start..end)
             .into_par_iter()
             .map(|g| {
                 let q = &docs_ref[g];
-                let mut cands: Vec<u32> = Vec::new();
-                for &e in &q.elems[..q.prefix] {
-                    cands.extend_from_slice(&postings_ref[e as usize]);
-                }
-                cands.sort_unstable();
-                cands.dedup();
+                let cands = probe(t, docs_ref, q, |e| &postings_ref[e as usize], |_| true);
                 let before = best_among(t, docs_ref, q, &cands);
-                cands.clear();
-                for &e in &q.elems[..q.prefix] {
-                    if let Some(p) = local.get(&e) {
-                        cands.extend(p.iter().copied().filter(|&h| (h as usize) < g));
-                    }
-                }
-                cands.sort_unstable();
-                cands.dedup();
-                // every in-block match above t (which are kept is decided below)
-                let mut within = Vec::new();
-                for &c in &cands {
-                    if let Some(m) = best_among(t, docs_ref, q, &[c]) {
-                        within.push(m);
-                    }
-                }
+                let cands = probe(
+                    t,
+                    docs_ref,
+                    q,
+                    |e| local_ref.get(&e).map_or(&[][..], Vec::as_slice),
+                    |h| (h as usize) < g,
+                );
+                // every in-block match above t (which of them are kept is decided below)
+                let within = cands
+                    .iter()
+                    .filter_map(|&c| best_among(t, docs_ref, q, &[c]))
+                    .collect();
                 (before, within)
             })
             .collect();
@@ -337,7 +426,7 @@ pub struct SimilarityFilter {
     vocab: Vocab,
     elem_id: HashMap<(u32, u32), u32>,
     docs: Vec<Doc>,
-    postings: HashMap<u32, Vec<u32>>,
+    postings: HashMap<u32, Vec<Posting>>,
     amin: Vec<Option<usize>>,
 }
 
@@ -393,14 +482,14 @@ impl SimilarityFilter {
     /// F), ties to the earliest; `None` when `text` would be kept.
     pub fn best_match(&mut self, text: &str) -> Option<(usize, f64)> {
         let q = self.doc(text);
-        let mut cands: Vec<u32> = Vec::new();
-        for e in &q.elems[..q.prefix] {
-            if let Some(p) = self.postings.get(e) {
-                cands.extend_from_slice(p);
-            }
-        }
-        cands.sort_unstable();
-        cands.dedup();
+        let postings = &self.postings;
+        let cands = probe(
+            self.threshold,
+            &self.docs,
+            &q,
+            |e| postings.get(&e).map_or(&[][..], Vec::as_slice),
+            |_| true,
+        );
         best_among(self.threshold, &self.docs, &q, &cands).map(|(c, f)| (c as usize, f))
     }
 
@@ -408,8 +497,8 @@ impl SimilarityFilter {
     pub fn insert(&mut self, text: &str) -> usize {
         let d = self.doc(text);
         let g = self.docs.len() as u32;
-        for &e in &d.elems[..d.prefix] {
-            self.postings.entry(e).or_default().push(g);
+        for (j, &e) in d.elems[..d.prefix].iter().enumerate() {
+            self.postings.entry(e).or_default().push((g, j as u32));
         }
         self.docs.push(d);
         g as usize
