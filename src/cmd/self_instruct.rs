@@ -8,6 +8,9 @@
 //!   `rouge_l`, the best score, `similar_to`, the instruction it matched, and `similar_to_file` /
 //!   `similar_to_line`), and prints a one-line JSON summary.
 //!
+//! - `generate --seeds FILE --api-base URL --model NAME --out DIR …`: the generator; see
+//!   `generate.rs` beside this file.
+//!
 //! Input files are JSONL (one object per non-empty line) or, when the first non-blank character
 //! is `[`, a JSON list of objects (Alpaca's own `regen.json` / `alpaca_data.json`). The
 //! instruction is the string field `--field`.
@@ -21,6 +24,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use koala_pipeline::selfinstruct::dedup::{self, Similar};
 use serde_json::{Map, Value};
 
+mod generate;
+pub use generate::GenerateArgs;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -32,6 +38,9 @@ pub enum SelfInstructCommand {
     /// Alpaca's ROUGE-L similarity filter alone: keep an instruction unless it is too close to
     /// one kept before it (exact, and fast at 52K).
     Dedup(DedupArgs),
+    /// Alpaca's self-instruct generator against any OpenAI-compatible teacher: prompts with 3
+    /// seeded seed tasks, Alpaca's parse and filters, resumable (see docs/self-instruct.md).
+    Generate(Box<GenerateArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +65,7 @@ pub struct DedupArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         SelfInstructCommand::Dedup(a) => run_dedup(a),
+        SelfInstructCommand::Generate(a) => generate::run(*a),
     }
 }
 
