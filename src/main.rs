@@ -54,7 +54,7 @@ enum Command {
     Sample(cmd::jobs::SampleArgs),
     /// Watermark tools: `detect` tests texts for the `--watermark-key` green-list watermark.
     Watermark(cmd::watermark::Args),
-    /// Alpaca's self-instruct: `dedup` (ROUGE-L filter) of instruction data.
+    /// Alpaca's self-instruct: `generate` instruction data from a teacher API, `dedup` (ROUGE-L).
     #[command(name = "self-instruct")]
     SelfInstruct(cmd::self_instruct::Args),
 }
