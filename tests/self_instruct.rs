@@ -29,24 +29,35 @@ enum Mode {
     BadRequest,
 }
 
-/// Deterministic, mutually dissimilar instructions: 8 words from a synthetic vocabulary.
+/// Deterministic, mutually dissimilar English-looking text: `n` words from a list of 256.
 fn words(k: u64, n: usize) -> String {
-    const SYL: [&str; 16] = [
-        "ka", "lo", "mi", "ra", "ten", "vo", "sel", "dar", "qui", "ne", "po", "tra", "gen", "cor",
-        "li", "bex",
-    ];
+    const WORDS: &str = "time year people way day man thing woman life child world school state \
+        family student group country problem hand part place case week company system program \
+        question work government number night point home water room mother area money story fact \
+        month lot right study book eye job word business issue side kind head house service friend \
+        father power hour game line end member law car city community name president team minute \
+        idea kid body information back parent face others level office door health person art war \
+        history party result change morning reason research girl guy moment air teacher force \
+        education foot boy age policy process market sense nation plan college \
+        interest death experience effect use class control care field development role effort rate \
+        heart drug show leader light voice wife police mind price report decision son view \
+        relationship town road arm difference value building action model season society tax \
+        director position player record paper space ground form event official matter center couple \
+        site project activity star table need court oil situation cost industry figure street \
+        phone data practice piece land product doctor wall patient worker news test movie \
+        north love support technology step baby computer type attention film tree source organization \
+        hair window evidence population site garden river mountain island ocean forest desert valley \
+        bridge castle village harbor meadow canyon glacier volcano prairie lagoon orchard vineyard \
+        cottage tower station library museum theater stadium airport factory bakery kitchen pantry \
+        cellar attic balcony porch chimney fence gate path trail";
+    let list: Vec<&str> = WORDS.split_whitespace().collect();
     let mut x = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
     (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            format!(
-                "{}{}{}",
-                SYL[(x % 16) as usize],
-                SYL[((x >> 8) % 16) as usize],
-                SYL[((x >> 16) % 16) as usize]
-            )
+            list[(x % list.len() as u64) as usize]
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -58,20 +69,28 @@ fn teacher_text(n: u64, seed_instruction: &str) -> (String, &'static str) {
     let mut items: Vec<(String, String, String)> = Vec::new();
     for i in 4..=19u64 {
         let inst = match i {
-            5 => format!("Describe the image of {}", words(n * 100 + i, 5)),
+            5 => format!("Describe the video of {}", words(n * 100 + i, 5)),
             6 => format!("Write a program that {}", words(n * 100 + i, 5)),
             7 => "Do it now".to_owned(),
             8 => seed_instruction.to_owned(),
             9 => format!("\"{}\"", words(n * 100 + i, 6)),
             10 => format!("Émettez {}", words(n * 100 + i, 6)),
-            _ => format!("Please {}.", words(n * 100 + i, 8)),
+            _ => format!("Please explain the {}.", words(n * 100 + i, 8)),
         };
         let input = if i % 2 == 0 {
             "<noinput>".to_owned()
         } else {
             words(n * 1000 + i, 4)
         };
-        items.push((inst, input, format!("Answer {i} of {n}.")));
+        items.push((
+            inst,
+            input,
+            format!(
+                "Answer: the {} is near the {}.",
+                words(n * 7 + i, 3),
+                words(n * 11 + i, 4)
+            ),
+        ));
     }
     let mut text = String::new();
     for (k, (inst, input, output)) in items.iter().enumerate() {
@@ -83,7 +102,7 @@ fn teacher_text(n: u64, seed_instruction: &str) -> (String, &'static str) {
         }
         text.push_str(&format!("{i}. Input:\n{input}\n{i}. Output:\n{output}\n\n"));
     }
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         text.push_str("###\n20. Instruction: cut off in the mid");
         (text, "length")
     } else {
@@ -284,7 +303,7 @@ fn generate_against_a_flaky_teacher() {
     assert!(kept.iter().all(|t| {
         t["output"]
             .as_str()
-            .is_some_and(|s| s.starts_with("Answer"))
+            .is_some_and(|s| s.starts_with("Answer:"))
     }));
     // the similar drops name the seed instruction they matched
     let dropped = std::fs::read_to_string(out.join("dropped.jsonl")).expect("dropped");
@@ -445,4 +464,94 @@ fn dedup_cli_writes_kept_and_dropped() {
         err.contains("in.jsonl:line 2: field `instruction`"),
         "{err}"
     );
+}
+
+/// The whole loop: stand-in teacher → `regen.json` → `koala curate` (Alpaca source) →
+/// `koala tokenize` → `koala train` a tiny model for a few steps.
+#[test]
+fn whole_loop_teacher_to_trained_model() {
+    let server = serve(Mode::Good);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    ok(&generate(&server.url, &t.join("gen"), 120, &[]));
+    let kept = regen(&t.join("gen"));
+    std::fs::create_dir_all(t.join("data/alpaca")).expect("mkdir");
+    std::fs::copy(t.join("gen/regen.json"), t.join("data/alpaca/regen.json")).expect("copy");
+    std::fs::write(
+        t.join("preset.toml"),
+        "name = \"selfinstruct\"\nseed = 0\n\n[[sources]]\nname = \"alpaca\"\n",
+    )
+    .expect("preset");
+    let koala = || Command::new(env!("CARGO_BIN_EXE_koala"));
+    ok(&koala()
+        .arg("curate")
+        .arg("--config")
+        .arg(t.join("preset.toml"))
+        .arg("--input")
+        .arg(t.join("data"))
+        .arg("--out")
+        .arg(t.join("curate"))
+        .arg("--quiet")
+        .output()
+        .expect("curate"));
+    let report = json_file(&t.join("curate/report.json"));
+    let funnel = report["funnel"]["alpaca"].as_array().expect("funnel");
+    assert_eq!(funnel[0][1].as_u64(), Some(kept.len() as u64), "{report}");
+    let train = std::fs::read_to_string(t.join("curate/train.jsonl")).expect("train.jsonl");
+    let first = kept[0]["instruction"].as_str().expect("s");
+    let eval = std::fs::read_to_string(t.join("curate/eval.jsonl")).unwrap_or_default();
+    assert!(train.contains(first) || eval.contains(first));
+    ok(&koala()
+        .args([
+            "tokenize",
+            "--format",
+            "koala",
+            "--seq-len",
+            "256",
+            "--pack",
+            "--vocab-size",
+            "300",
+        ])
+        .arg("--input")
+        .arg(t.join("curate"))
+        .arg("--out")
+        .arg(t.join("shards"))
+        .output()
+        .expect("tokenize"));
+    let manifest = json_file(&t.join("shards/manifest.json"));
+    let vocab = manifest["vocab_size"]
+        .as_u64()
+        .or_else(|| manifest["tokenizer"]["vocab_size"].as_u64())
+        .expect("vocab_size");
+    std::fs::write(
+        t.join("tiny.json"),
+        json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "tie_word_embeddings": false
+        })
+        .to_string(),
+    )
+    .expect("config");
+    std::fs::write(
+        t.join("train.toml"),
+        format!(
+            "model = {:?}\nshards = {:?}\nout_dir = {:?}\npreset = \"tiny-cpu\"\nseed = 0\n\
+             checkpoint_every = 4\nmax_steps = 4\n",
+            t.join("tiny.json"),
+            t.join("shards"),
+            t.join("run")
+        ),
+    )
+    .expect("train.toml");
+    let o = koala()
+        .args(["train", "--config"])
+        .arg(t.join("train.toml"))
+        .output()
+        .expect("train");
+    ok(&o);
+    assert!(t.join("run/final").is_dir(), "no final model");
+    let metrics = std::fs::read_to_string(t.join("run/metrics.jsonl")).expect("metrics");
+    assert!(metrics.lines().count() >= 4, "{metrics}");
 }

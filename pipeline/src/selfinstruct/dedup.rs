@@ -279,6 +279,10 @@ fn prepare(texts: &[&str], t: f64) -> Vec<Doc> {
         .collect()
 }
 
+/// One item's matches in the parallel pass: the best among the docs kept before its block, and
+/// every match (doc, F) above the threshold among the earlier items of its block.
+type BlockMatches = (Option<(u32, f64)>, Vec<(u32, f64)>);
+
 /// Block size of the parallel pass: small enough that in-block work wasted on items that turn
 /// out dropped stays small, large enough to feed both cores.
 const BLOCK: usize = 256;
@@ -326,8 +330,7 @@ pub fn dedup(
         let end = (start + BLOCK).min(all.len());
         // In-block index over every item of the block (kept or not yet decided).
         let mut local: HashMap<u32, Vec<Posting>> = HashMap::new();
-        for g in start..end {
-            let d = &docs[g];
+        for (g, d) in docs.iter().enumerate().take(end).skip(start) {
             for (j, &e) in d.elems[..d.prefix].iter().enumerate() {
                 local.entry(e).or_default().push((g as u32, j as u32));
             }
@@ -335,7 +338,7 @@ pub fn dedup(
         let postings_ref = &postings;
         let docs_ref = &docs;
         let local_ref = &local;
-        let found: Vec<(Option<(u32, f64)>, Vec<(u32, f64)>)> = (start..end)
+        let found: Vec<BlockMatches> = (start..end)
             .into_par_iter()
             .map(|g| {
                 let q = &docs_ref[g];
