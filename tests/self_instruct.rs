@@ -555,3 +555,71 @@ fn whole_loop_teacher_to_trained_model() {
     let metrics = std::fs::read_to_string(t.join("run/metrics.jsonl")).expect("metrics");
     assert!(metrics.lines().count() >= 4, "{metrics}");
 }
+
+/// Our own teacher: `koala serve-model` with the tiny test model, over both APIs. Its text is
+/// noise, so nothing parses; the point is that the requests are accepted and journaled.
+#[test]
+fn generate_against_koala_serve_model() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let model = format!(
+        "tiny={}",
+        root().join("model/tests/fixtures/tiny_hf").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args([
+            "serve-model",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve-model");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Kill(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let base = line
+        .trim()
+        .strip_prefix("koala serve-model: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let tmp = tempfile::tempdir().expect("tmp");
+    for api in ["completions", "chat"] {
+        let out = tmp.path().join(api);
+        let o = Command::new(env!("CARGO_BIN_EXE_koala"))
+            .args(["self-instruct", "generate", "--model", "tiny", "--api", api])
+            .args([
+                "--max-requests",
+                "2",
+                "--max-tokens",
+                "16",
+                "--num-instructions",
+                "5",
+            ])
+            .arg("--seeds")
+            .arg(seeds_path())
+            .arg("--api-base")
+            .arg(format!("{base}/v1"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("generate");
+        ok(&o);
+        let report = json_file(&out.join("report.json"));
+        assert_eq!(report["requests"], 2, "{report}");
+        assert_eq!(report["completion_tokens"], 32, "{report}");
+        assert_eq!(report["dropped_by_reason"]["truncated"], 2, "{report}");
+    }
+    drop(server);
+}
