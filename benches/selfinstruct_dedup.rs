@@ -68,7 +68,9 @@ impl Gen {
         let vocab: Vec<String> = (0..20_000)
             .map(|_| {
                 let k = 1 + rng.below(3);
-                (0..k).map(|_| SYLLABLES[rng.below(SYLLABLES.len())]).collect()
+                (0..k)
+                    .map(|_| SYLLABLES[rng.below(SYLLABLES.len())])
+                    .collect()
             })
             .collect();
         let mut cum = Vec::with_capacity(vocab.len());
@@ -88,10 +90,16 @@ impl Gen {
         self.vocab[i.min(self.vocab.len() - 1)].clone()
     }
     fn fresh(&mut self) -> String {
-        let n = (12.0 * (0.45 * self.rng.normal()).exp()).round().clamp(4.0, 150.0) as usize;
+        let n = (12.0 * (0.45 * self.rng.normal()).exp())
+            .round()
+            .clamp(4.0, 150.0) as usize;
         let mut ws: Vec<String> = (0..n).map(|_| self.word()).collect();
         ws[0] = capitalize(&ws[0]);
-        format!("{}{}", ws.join(" "), if self.rng.f64() < 0.8 { "." } else { "?" })
+        format!(
+            "{}{}",
+            ws.join(" "),
+            if self.rng.f64() < 0.8 { "." } else { "?" }
+        )
     }
     fn edit(&mut self, base: &str) -> String {
         let mut ws: Vec<String> = base.split(' ').map(str::to_owned).collect();
@@ -120,7 +128,10 @@ fn capitalize(s: &str) -> String {
 }
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 /// Pairs Alpaca's loop scores: each item against every instruction kept before it.
@@ -213,7 +224,11 @@ fn main() {
         .arg(py_items.to_string())
         .output()
         .expect("run python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("python json");
     let py_s = v["seconds"].as_f64().expect("seconds");
     let py_pairs = v["pairs"].as_u64().expect("pairs");
@@ -224,7 +239,10 @@ fn main() {
         .map(|k| k.as_u64() == Some(1))
         .collect();
     let our_kept: Vec<bool> = ours[..py_items].iter().map(|d| d.kept).collect();
-    assert_eq!(py_kept, our_kept, "decisions differ from rouge_score's Alpaca loop");
+    assert_eq!(
+        py_kept, our_kept,
+        "decisions differ from rouge_score's Alpaca loop"
+    );
     let py_full = py_s * total_pairs as f64 / py_pairs.max(1) as f64;
     println!(
         "python:      {py_s:8.2} s  Alpaca's loop on the first {py_items} ({py_pairs} pairs, \
