@@ -27,6 +27,8 @@ enum Mode {
     Flaky,
     Good,
     BadRequest,
+    /// The first request gets 429 with `Retry-After: 1`, the rest are answered.
+    RetryAfterOnce,
 }
 
 /// Deterministic, mutually dissimilar English-looking text: `n` words from a list of 256.
@@ -177,6 +179,19 @@ fn handle(mut conn: TcpStream, mode: Mode, requests: &AtomicU64, answered: &Atom
                 let _ = conn.shutdown(std::net::Shutdown::Both);
                 return;
             }
+            Mode::Flaky if n % 7 == 4 => {
+                // break the connection mid-body: headers promise more than is sent
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"choices\": [",
+                );
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Mode::RetryAfterOnce if n == 1 => (
+                429,
+                "Retry-After: 1\r\n",
+                json!({"error": {"message": "slow down"}}),
+            ),
             Mode::Flaky if n % 4 == 2 => (
                 429,
                 "Retry-After: 0\r\n",
@@ -238,7 +253,12 @@ fn generate(url: &str, out: &Path, n: usize, extra: &[&str]) -> Output {
         .arg(n.to_string())
         .arg("--out")
         .arg(out)
-        .args(["--retry-initial-ms", "5", "--price-per-1k", "0.02"])
+        .args(if extra.contains(&"--retry-initial-ms") {
+            &[][..]
+        } else {
+            &["--retry-initial-ms", "5"][..]
+        })
+        .args(["--price-per-1k", "0.02"])
         .args(extra)
         .output()
         .expect("run koala")
@@ -622,4 +642,22 @@ fn generate_against_koala_serve_model() {
         assert_eq!(report["dropped_by_reason"]["truncated"], 2, "{report}");
     }
     drop(server);
+}
+
+/// `Retry-After` is honoured: with a 1 ms initial backoff, a 429 asking for 1 s costs ≥ 1 s.
+#[test]
+fn retry_after_is_honoured() {
+    let server = serve(Mode::RetryAfterOnce);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t0 = std::time::Instant::now();
+    let o = generate(
+        &server.url,
+        &tmp.path().join("gen"),
+        5,
+        &["--concurrency", "1", "--retry-initial-ms", "1"],
+    );
+    ok(&o);
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(1));
+    let report = json_file(&tmp.path().join("gen/report.json"));
+    assert_eq!(report["retries_this_run"], 1, "{report}");
 }
