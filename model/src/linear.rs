@@ -2,18 +2,23 @@
 //! Hugging Face's `[out, in]` layout read straight from the weights' memory map.
 //!
 //! Decoding is bound by memory bandwidth: every weight is read once per step, whatever the batch.
-//! So the kernel streams each pair of weight rows once and multiplies it with every input row
-//! while it is in L1 (the inputs, `m · k` floats, stay in L1/L2). Work is split over output rows
-//! with rayon.
+//! So the kernel streams each block of weight rows once and multiplies it with every input row
+//! while it is in L1 (the inputs, `m · k` floats, stay in L1/L2). With AVX-512 a tile is 4 weight
+//! rows × up to 4 inputs (16 accumulators: 8 loads per 16 fused multiply-adds), and a full tile's
+//! 16 horizontal sums are reduced together. Work is split over output rows into a few rayon tasks
+//! per thread, each writing its columns of `out` in place (no per-task buffers).
 //!
 //! Each output `y[i, j]` is one chain of fused multiply-adds over `k` in a fixed lane order, then
-//! a fixed reduction, whatever `m` is and wherever row `i` sits in the batch: a sequence decodes to
-//! the same bits alone or in a batch of 16. The SIMD width is picked at run time (AVX-512, AVX2 +
-//! FMA, or portable code); all three give results within rounding of the others, not equal bits.
+//! a fixed reduction tree (lanes paired at distance 8, 4, 2, 1, then the scalar tail), whatever `m`
+//! is, whichever tile computes it and wherever row `i` sits in the batch: a sequence decodes to the
+//! same bits alone or in a batch of 16. The SIMD width is picked at run time (AVX-512, AVX2 + FMA,
+//! or portable code); all three give results within rounding of the others, not equal bits.
 use rayon::prelude::*;
 
-/// Output rows per rayon task (a multiple of 2: rows go through the kernel in pairs).
-const ROWS_PER_TASK: usize = 32;
+/// Fewest output rows per rayon task (a multiple of every kernel's row tile).
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Tasks per pool thread: a few, so that a thread slowed by another process is helped out.
+const TASKS_PER_THREAD: usize = 4;
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ`.
 ///
@@ -33,41 +38,41 @@ pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usiz
         return;
     }
     let kernel = pick();
-    // Tasks own disjoint column ranges of `out`; each writes `out[i, j0..j1]` for all i. Rows of
-    // `out` are strided by `n`, so collect per-task results in a scratch and scatter after.
-    let tasks = n.div_ceil(ROWS_PER_TASK);
-    if tasks == 1 || m * n * k < 1 << 16 {
-        let mut tmp = vec![0f32; m * n];
-        kernel(&mut tmp, x, w, m, k, 0, n);
-        scatter(out, &tmp, m, n, 0, n);
+    let o = Out(out.as_mut_ptr());
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * n * k < 1 << 16 {
+        // SAFETY: the lengths were checked above, and this is the only writer.
+        unsafe { kernel(o, x, w, m, k, n, 0, n) };
         return;
     }
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let j0 = t * ROWS_PER_TASK;
-            let j1 = (j0 + ROWS_PER_TASK).min(n);
-            let mut tmp = vec![0f32; m * (j1 - j0)];
-            kernel(&mut tmp, x, w, m, k, j0, j1);
-            (j0, j1, tmp)
-        })
-        .collect();
-    for (j0, j1, tmp) in parts {
-        scatter(out, &tmp, m, n, j0, j1);
-    }
+    let per = n
+        .div_ceil(threads * TASKS_PER_THREAD)
+        .next_multiple_of(4)
+        .max(MIN_ROWS_PER_TASK);
+    (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
+        let j0 = t * per;
+        let j1 = (j0 + per).min(n);
+        // SAFETY: the lengths were checked above; tasks write disjoint column ranges `j0..j1`.
+        unsafe { kernel(o, x, w, m, k, n, j0, j1) };
+    });
 }
 
-/// `tmp` is `[j1-j0, m]` (column-major for the task); writes it into `out[m, n]`.
-fn scatter(out: &mut [f32], tmp: &[f32], m: usize, n: usize, j0: usize, j1: usize) {
-    for (jj, j) in (j0..j1).enumerate() {
-        for i in 0..m {
-            out[i * n + j] = tmp[jj * m + i];
-        }
-    }
-}
+/// `out` of [`linear`], shared by tasks that write disjoint columns of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
 
-/// Computes rows `j0..j1` of `W` against all `m` inputs into `tmp[(j - j0) * m + i]`.
-type Kernel = fn(&mut [f32], &[f32], &[f32], usize, usize, usize, usize);
+// SAFETY: every task writes only its own columns of `out`, which outlives the tasks (`linear`
+// returns after they all end).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Computes rows `j0..j1` of `W` against all `m` inputs into `out[i * n + j]`.
+///
+/// # Safety
+/// `out` must hold `m * n` floats, `x` `m * k`, `w` `n * k`; nobody else may touch columns
+/// `j0..j1` of `out` meanwhile.
+#[allow(clippy::too_many_arguments)]
+type Kernel = unsafe fn(Out, &[f32], &[f32], usize, usize, usize, usize, usize);
 
 fn pick() -> Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -84,7 +89,17 @@ fn pick() -> Kernel {
 }
 
 /// Portable kernel: 8 lanes of independent accumulators per (row, input), fixed reduction.
-fn rows_portable(tmp: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, j0: usize, j1: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_portable(
+    out: Out,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
+    j1: usize,
+) {
     for j in j0..j1 {
         let wr = &w[j * k..(j + 1) * k];
         for i in 0..m {
@@ -101,7 +116,8 @@ fn rows_portable(tmp: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, j0: 
             for c in body..k {
                 s += wr[c] * xr[c];
             }
-            tmp[(j - j0) * m + i] = s;
+            // SAFETY: i < m, j < n, and column j is this call's (the caller's contract).
+            unsafe { *out.0.add(i * n + j) = s };
         }
     }
 }
@@ -110,33 +126,39 @@ fn rows_portable(tmp: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, j0: 
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Inputs per block: 2 weight rows × 4 inputs = 8 accumulators, 6 loads per 8 FMAs.
+    use super::Out;
+
+    /// AVX2 inputs per block: 2 weight rows × 4 inputs = 8 accumulators, 6 loads per 8 FMAs.
     const XB: usize = 4;
 
-    pub(super) fn rows_avx512(
-        tmp: &mut [f32],
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows_avx512(
+        out: Out,
         x: &[f32],
         w: &[f32],
         m: usize,
         k: usize,
+        n: usize,
         j0: usize,
         j1: usize,
     ) {
-        // SAFETY: only picked when the CPU reports avx512f; bounds are checked by `linear`.
-        unsafe { avx512(tmp, x, w, m, k, j0, j1) }
+        // SAFETY: only picked when the CPU reports avx512f; the rest is the caller's contract.
+        unsafe { avx512(out, x, w, m, k, n, j0, j1) }
     }
 
-    pub(super) fn rows_avx2(
-        tmp: &mut [f32],
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows_avx2(
+        out: Out,
         x: &[f32],
         w: &[f32],
         m: usize,
         k: usize,
+        n: usize,
         j0: usize,
         j1: usize,
     ) {
-        // SAFETY: only picked when the CPU reports avx2 and fma; bounds are checked by `linear`.
-        unsafe { avx2(tmp, x, w, m, k, j0, j1) }
+        // SAFETY: only picked when the CPU reports avx2 and fma; the rest is the caller's contract.
+        unsafe { avx2(out, x, w, m, k, n, j0, j1) }
     }
 
     /// The scalar tail of one dot product (`k % lanes` elements).
@@ -149,67 +171,224 @@ mod x86 {
         s
     }
 
+    /// The sum of 16 lanes: lanes paired at distance 8, then 4, 2, 1 (the tree of [`reduce16`]).
+    #[inline(always)]
+    fn reduce(v: __m512) -> f32 {
+        // SAFETY: only inlined into `avx512`, which runs where the CPU has avx512f.
+        unsafe {
+            let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+            let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b01_01_01_01>(v, v));
+            let v = _mm512_add_ps(v, _mm512_shuffle_ps::<0b11_10_11_10>(v, v));
+            let v = _mm512_add_ps(v, _mm512_shuffle_ps::<0b01_01_01_01>(v, v));
+            _mm_cvtss_f32(_mm512_castps512_ps128(v))
+        }
+    }
+
+    /// Lane `q` of [`reduce16`]'s result is the sum of `v[ORDER[q]]`.
+    const ORDER: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+    /// The 16 lane sums of `v` at once (15 adds instead of 64), each by the same tree as
+    /// [`reduce`], so bit for bit the same sums.
+    #[inline(always)]
+    fn reduce16(v: &[__m512; 16]) -> __m512 {
+        // SAFETY: only inlined into `avx512`, which runs where the CPU has avx512f.
+        unsafe {
+            // Distance 8: [a's 8 partial sums | b's 8].
+            let mut s8 = [_mm512_setzero_ps(); 8];
+            for (p, s) in s8.iter_mut().enumerate() {
+                let (a, b) = (v[2 * p], v[2 * p + 1]);
+                *s = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                );
+            }
+            // Distance 4: four vectors' 4 partial sums, one per 128-bit block.
+            let mut s4 = [_mm512_setzero_ps(); 4];
+            for (p, s) in s4.iter_mut().enumerate() {
+                let (a, b) = (s8[2 * p], s8[2 * p + 1]);
+                *s = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                );
+            }
+            // Distance 2: two vectors' 2 partial sums per block.
+            let mut s2 = [_mm512_setzero_ps(); 2];
+            for (p, s) in s2.iter_mut().enumerate() {
+                let (a, b) = (s4[2 * p], s4[2 * p + 1]);
+                *s = _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+                );
+            }
+            // Distance 1.
+            let (a, b) = (s2[0], s2[1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+            )
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn avx512(
-        tmp: &mut [f32],
+        out: Out,
         x: &[f32],
         w: &[f32],
         m: usize,
         k: usize,
+        n: usize,
         j0: usize,
         j1: usize,
     ) {
-        let body = k - k % 16;
+        let passes = m.div_ceil(4);
         let mut j = j0;
         while j < j1 {
-            let two = j + 1 < j1;
-            let w0 = &w[j * k..(j + 1) * k];
-            let w1 = if two {
-                &w[(j + 1) * k..(j + 2) * k]
-            } else {
-                w0
-            };
+            let r = (j1 - j).min(4);
             let mut i = 0;
             while i < m {
-                let nb = XB.min(m - i);
-                let mut a0 = [_mm512_setzero_ps(); XB];
-                let mut a1 = [_mm512_setzero_ps(); XB];
-                let mut c = 0;
-                while c < body {
-                    // SAFETY: c + 16 <= body <= k for every row slice.
-                    unsafe {
-                        let v0 = _mm512_loadu_ps(w0.as_ptr().add(c));
-                        let v1 = _mm512_loadu_ps(w1.as_ptr().add(c));
-                        for b in 0..nb {
-                            let xv = _mm512_loadu_ps(x.as_ptr().add((i + b) * k + c));
-                            a0[b] = _mm512_fmadd_ps(v0, xv, a0[b]);
-                            a1[b] = _mm512_fmadd_ps(v1, xv, a1[b]);
+                let b = (m - i).min(4);
+                // With several input blocks (m > 4), prefetch the next row block while this one
+                // is in L1, each pass over the inputs taking its share of the next 4 rows: the
+                // weights then stream while the FMAs run. (With one pass it only adds loads.)
+                let (p0, p1) = if passes > 1 {
+                    let share = 4usize.div_ceil(passes);
+                    let p0 = (j + r + (i / 4) * share).min(n);
+                    (p0, (p0 + share).min(j + r + 4).min(n))
+                } else {
+                    (0, 0)
+                };
+                let t = Tile {
+                    x,
+                    w,
+                    k,
+                    n,
+                    i,
+                    j,
+                    p0,
+                    p1,
+                };
+                // SAFETY: rows j..j+r < j1 and inputs i..i+b < m: the caller's contract.
+                unsafe {
+                    match (r, b) {
+                        (4, 4) => t.run::<4, 4>(out),
+                        (4, 3) => t.run::<4, 3>(out),
+                        (4, 2) => t.run::<4, 2>(out),
+                        (4, 1) => t.run::<4, 1>(out),
+                        (3, 4) => t.run::<3, 4>(out),
+                        (3, 3) => t.run::<3, 3>(out),
+                        (3, 2) => t.run::<3, 2>(out),
+                        (3, 1) => t.run::<3, 1>(out),
+                        (2, 4) => t.run::<2, 4>(out),
+                        (2, 3) => t.run::<2, 3>(out),
+                        (2, 2) => t.run::<2, 2>(out),
+                        (2, 1) => t.run::<2, 1>(out),
+                        (1, 4) => t.run::<1, 4>(out),
+                        (1, 3) => t.run::<1, 3>(out),
+                        (1, 2) => t.run::<1, 2>(out),
+                        _ => t.run::<1, 1>(out),
+                    }
+                }
+                i += b;
+            }
+            j += r;
+        }
+    }
+
+    /// Weight rows `j..j+R` against inputs `i..i+B`.
+    #[derive(Clone, Copy)]
+    struct Tile<'a> {
+        x: &'a [f32],
+        w: &'a [f32],
+        k: usize,
+        n: usize,
+        i: usize,
+        j: usize,
+        /// Weight rows to prefetch alongside (none when `p0 == p1`).
+        p0: usize,
+        p1: usize,
+    }
+
+    impl Tile<'_> {
+        /// # Safety
+        /// Rows `j..j+R` of `w` and inputs `i..i+B` of `x` exist, `out` holds `[m, n]`, and its
+        /// columns `j..j+R` are the caller's alone; the CPU has avx512f.
+        #[inline(always)]
+        unsafe fn run<const R: usize, const B: usize>(&self, out: Out) {
+            let Tile {
+                x,
+                w,
+                k,
+                n,
+                i,
+                j,
+                p0,
+                p1,
+            } = *self;
+            let body = k - k % 16;
+            // SAFETY: the CPU has avx512f (the function's contract).
+            let zero = unsafe { _mm512_setzero_ps() };
+            let mut acc = [[zero; B]; R];
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut c = 0;
+            while c < body {
+                // SAFETY: c + 16 <= body <= k within rows j..j+R of w and i..i+B of x.
+                unsafe {
+                    for p in p0..p1 {
+                        // A hint only: rows p0..p1 < n exist, and c < k.
+                        _mm_prefetch::<_MM_HINT_T0>(wp.add(p * k + c).cast::<i8>());
+                    }
+                    let mut xv = [zero; B];
+                    for (bb, v) in xv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(xp.add((i + bb) * k + c));
+                    }
+                    for (rr, row) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_loadu_ps(wp.add((j + rr) * k + c));
+                        for (a, &xb) in row.iter_mut().zip(&xv) {
+                            *a = _mm512_fmadd_ps(wv, xb, *a);
                         }
                     }
-                    c += 16;
                 }
-                for b in 0..nb {
-                    let xr = &x[(i + b) * k..(i + b + 1) * k];
-                    let r0 = _mm512_reduce_add_ps(a0[b]) + tail(w0, xr, body);
-                    tmp[(j - j0) * m + i + b] = r0;
-                    if two {
-                        let r1 = _mm512_reduce_add_ps(a1[b]) + tail(w1, xr, body);
-                        tmp[(j + 1 - j0) * m + i + b] = r1;
+                c += 16;
+            }
+            if R == 4 && B == 4 && body == k {
+                let mut v = [zero; 16];
+                for (rr, row) in acc.iter().enumerate() {
+                    for (bb, a) in row.iter().enumerate() {
+                        v[rr * 4 + bb] = *a;
                     }
                 }
-                i += nb;
+                let mut sums = [0f32; 16];
+                // SAFETY: `sums` holds 16 floats.
+                unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), reduce16(&v)) };
+                for (&idx, &s) in ORDER.iter().zip(&sums) {
+                    let (rr, bb) = (idx / 4, idx % 4);
+                    // SAFETY: the tile's own outputs (see the function's contract).
+                    unsafe { *out.0.add((i + bb) * n + j + rr) = s };
+                }
+                return;
             }
-            j += 2;
+            for (rr, row) in acc.iter().enumerate() {
+                let wr = &w[(j + rr) * k..(j + rr + 1) * k];
+                for (bb, a) in row.iter().enumerate() {
+                    let xr = &x[(i + bb) * k..(i + bb + 1) * k];
+                    let s = reduce(*a) + tail(wr, xr, body);
+                    // SAFETY: the tile's own outputs (see the function's contract).
+                    unsafe { *out.0.add((i + bb) * n + j + rr) = s };
+                }
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn avx2(
-        tmp: &mut [f32],
+        out: Out,
         x: &[f32],
         w: &[f32],
         m: usize,
         k: usize,
+        n: usize,
         j0: usize,
         j1: usize,
     ) {
@@ -244,9 +423,12 @@ mod x86 {
                 }
                 for b in 0..nb {
                     let xr = &x[(i + b) * k..(i + b + 1) * k];
-                    tmp[(j - j0) * m + i + b] = hsum256(a0[b]) + tail(w0, xr, body);
-                    if two {
-                        tmp[(j + 1 - j0) * m + i + b] = hsum256(a1[b]) + tail(w1, xr, body);
+                    // SAFETY: i + b < m and j, j + 1 < j1: this call's columns.
+                    unsafe {
+                        *out.0.add((i + b) * n + j) = hsum256(a0[b]) + tail(w0, xr, body);
+                        if two {
+                            *out.0.add((i + b) * n + j + 1) = hsum256(a1[b]) + tail(w1, xr, body);
+                        }
                     }
                 }
                 i += nb;
@@ -296,6 +478,8 @@ mod tests {
             (5, 37, 67),
             (16, 130, 33),
             (3, 1376, 96),
+            (16, 512, 100),
+            (7, 64, 4),
         ] {
             let x = data(m * k, 7);
             let w = data(n * k, 11);
@@ -308,32 +492,58 @@ mod tests {
                     "{m}x{k}x{n}: {a} vs {b}"
                 );
             }
-            // The portable fallback (picked where the CPU has neither AVX-512 nor AVX2).
-            let mut p = vec![0f32; m * n];
-            rows_portable(&mut p, &x, &w, m, k, 0, n);
-            for i in 0..m {
-                for j in 0..n {
-                    let (a, b) = (p[j * m + i] as f64, r[i * n + j]);
+            // Every kernel this CPU can run, the portable fallback included (picked where the
+            // CPU has neither AVX-512 nor AVX2), over the whole matrix and over a column range.
+            for (name, kernel) in kernels() {
+                let mut p = vec![f32::NAN; m * n];
+                let mid = (n / 2).next_multiple_of(4).min(n);
+                // SAFETY: `p`, `x` and `w` have their shapes; the two calls own disjoint columns.
+                unsafe {
+                    kernel(Out(p.as_mut_ptr()), &x, &w, m, k, n, 0, mid);
+                    kernel(Out(p.as_mut_ptr()), &x, &w, m, k, n, mid, n);
+                }
+                for (a, b) in p.iter().zip(&r) {
                     assert!(
-                        (a - b).abs() < 1e-4 * (1.0 + b.abs()),
-                        "portable {a} vs {b}"
+                        (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                        "{name} {m}x{k}x{n}: {a} vs {b}"
                     );
                 }
             }
         }
     }
 
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        let mut v: Vec<(&'static str, Kernel)> = vec![("portable", rows_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(("avx512", x86::rows_avx512));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(("avx2", x86::rows_avx2));
+            }
+        }
+        v
+    }
+
     #[test]
     fn a_row_gives_the_same_bits_alone_or_in_a_batch() {
-        let (k, n) = (300, 70);
-        let w = data(n * k, 3);
-        let batch = data(9 * k, 5);
-        let mut yb = vec![0f32; 9 * n];
-        linear(&mut yb, &batch, &w, 9, k, n);
-        for i in 0..9 {
-            let mut y1 = vec![0f32; n];
-            linear(&mut y1, &batch[i * k..(i + 1) * k], &w, 1, k, n);
-            assert_eq!(y1, yb[i * n..(i + 1) * n], "row {i}");
+        // k = 300 has a scalar tail; k = 256 and 512 do not, so full 4x4 tiles take the grouped
+        // reduction while a lone row takes the single one; n = 1000 runs in parallel tasks.
+        for &(k, n) in &[(300, 70), (256, 70), (512, 1000)] {
+            let w = data(n * k, 3);
+            for m in [2, 5, 9, 16] {
+                let batch = data(m * k, 5);
+                let mut yb = vec![0f32; m * n];
+                linear(&mut yb, &batch, &w, m, k, n);
+                for i in 0..m {
+                    let mut y1 = vec![0f32; n];
+                    linear(&mut y1, &batch[i * k..(i + 1) * k], &w, 1, k, n);
+                    assert_eq!(y1, yb[i * n..(i + 1) * n], "k {k} n {n}: row {i} of {m}");
+                }
+            }
         }
     }
 }
