@@ -40,6 +40,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Sample from a checkpoint (temperature, top-k, top-p, stop string, KV-cache).
     Generate(cmd::generate::Args),
+    /// Serve models over the OpenAI HTTP API, with a chat page at `/` (see docs/serving.md).
+    ServeModel(cmd::serve_model::Args),
     /// Run the gRPC trainer daemon (see docs/daemon.md).
     Serve(cmd::serve::ServeArgs),
     /// Submit a job file to the daemon; --watch follows it with a progress bar.
@@ -78,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::ServeModel(a) => cmd::serve_model::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Submit(a) => cmd::submit::run(a),
         Command::Jobs(a) => cmd::jobs::jobs(a),

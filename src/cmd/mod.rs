@@ -8,6 +8,7 @@ pub mod load;
 pub mod logits;
 pub mod self_instruct;
 pub mod serve;
+pub mod serve_model;
 pub mod submit;
 pub mod synth;
 pub mod tokenize;
