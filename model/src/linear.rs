@@ -248,9 +248,10 @@ mod x86 {
             let mut i = 0;
             while i < m {
                 let b = (m - i).min(4);
-                // With several input blocks (m > 4), prefetch the next row block while this one
-                // is in L1, each pass over the inputs taking its share of the next 4 rows: the
-                // weights then stream while the FMAs run. (With one pass it only adds loads.)
+                // With several input blocks (m > 4), prefetch the next row block into L2 while
+                // this one is in L1, each pass over the inputs taking its share of the next 4
+                // rows: the weights then stream while the FMAs run. (With one pass it only adds
+                // loads; into L1 it would crowd out the inputs, 32 KB for 16 rows of 512.)
                 let (p0, p1) = if passes > 1 {
                     let share = 4usize.div_ceil(passes);
                     let p0 = (j + r + (i / 4) * share).min(n);
@@ -336,7 +337,7 @@ mod x86 {
                 unsafe {
                     for p in p0..p1 {
                         // A hint only: rows p0..p1 < n exist, and c < k.
-                        _mm_prefetch::<_MM_HINT_T0>(wp.add(p * k + c).cast::<i8>());
+                        _mm_prefetch::<_MM_HINT_T1>(wp.add(p * k + c).cast::<i8>());
                     }
                     let mut xv = [zero; B];
                     for (bb, v) in xv.iter_mut().enumerate() {
