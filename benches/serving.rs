@@ -21,24 +21,28 @@
 //!    warm-up, then one timed `generate`; ours, 1 stream; ours, 16 streams), so that a busy
 //!    neighbour on a shared machine slows both sides of a ratio alike; each figure is the
 //!    median over the rounds.
-//! 3. **Time to first token** over HTTP: the server in-process (`koala_serve::serve` on
-//!    127.0.0.1:0, with `koala serve-model`'s defaults: max_batch 16, queue 64, 2 tokio
-//!    workers), 32 concurrent streaming `/v1/completions` clients per round; TTFT is from
+//! 3. **Time to first token** over HTTP: the real server, `koala serve-model` (built by cargo
+//!    with this bench) as a child process on 127.0.0.1:0 with its defaults (max_batch 16,
+//!    queue 64, 2 tokio workers) and RAYON_NUM_THREADS=THREADS; its log goes to
+//!    `target/bench-serving-server.log`. 32 concurrent streaming `/v1/completions` clients per
+//!    round (token-id prompts, temperature 0) from this process; TTFT is from
 //!    sending the request to the first SSE chunk with text; p50 and p99 over all rounds. Also the
 //!    KV-cache bytes per token of context.
 //! 4. **Stress**: 500 streaming requests from 64 concurrent clients; every 5th client (clients
 //!    4, 9, 14, ...) drops its connection after 3 content chunks of each of its requests. Every
 //!    other request must end in a complete answer (`finish_reason` then `[DONE]`) or a clean
 //!    error (HTTP 503 with OpenAI's error JSON when the queue is full); anything else is counted
-//!    and must be 0. Resident memory (VmRSS) is read after the TTFT phase (model loaded, server
-//!    warm) and again once the engine is idle after the stress run (active and waiting 0, then
-//!    1 s); goal: within 10%.
+//!    and must be 0. The server's resident memory (VmRSS) is read after the TTFT phase and a warm-up that
+//!    reads every page of the memory-mapped embedding table (model fully resident, server warm),
+//!    and again once the engine is idle after the stress run (active and waiting 0, then 1 s);
+//!    goal: within 10%. Private memory (RssAnon) is printed beside it.
 //!
 //! Knobs (environment): `KOALA_BENCH_TOKENS` (new tokens per decode, default 128),
 //! `KOALA_BENCH_THREADS` (default 2), `KOALA_BENCH_RUNS` (default 3), `KOALA_BENCH_STREAMS`
 //! (default 16), `KOALA_BENCH_TTFT_CLIENTS` (32), `KOALA_BENCH_TTFT_ROUNDS` (3),
 //! `KOALA_BENCH_TTFT_TOKENS` (32), `KOALA_BENCH_STRESS_REQUESTS` (500),
-//! `KOALA_BENCH_STRESS_CLIENTS` (64), `KOALA_BENCH_MODEL_DIR` (default `target/bench-model`),
+//! `KOALA_BENCH_STRESS_CLIENTS` (64), `KOALA_BENCH_STRESS_ROUNDS` (1: more runs the stress again
+//! and prints the memory after each, to tell a plateau from a leak), `KOALA_BENCH_MODEL_DIR` (default `target/bench-model`),
 //! `KOALA_PYTHON` (else `~/.cache/torchvenv/bin/python`, else `python3`). Without torch and
 //! transformers the HF comparison is skipped with a message (and, with no cached model, the
 //! whole bench). A missed goal prints MISSED. Writes `target/bench-serving.json`.
@@ -48,7 +52,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use koala_model::{Engine, EngineConfig, Event, Request, SampleParams, Weights};
-use koala_serve::{AppState, FormatName, Served, ServerConfig};
 use serde_json::{Value, json};
 
 /// The same allocator as the `koala` binary.
@@ -113,12 +116,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-fn rss_kib() -> u64 {
-    proc_status("VmRSS:")
-}
-
-fn proc_status(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A `kB` field of `/proc/PID/status` (0 when absent).
+fn proc_status(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -355,82 +355,76 @@ async fn stream_request(
     }
 }
 
+/// `koala serve-model` (the real binary, with its allocator and runtime) on 127.0.0.1:0.
 struct ServerHandle {
     base: String,
-    state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    child: std::process::Child,
 }
 
 impl ServerHandle {
-    /// The server on its own 2-worker runtime, as `koala serve-model` runs it.
-    fn start(dir: &Path) -> Self {
-        let served = Served::load(
-            "bench",
-            dir,
-            FormatName::Koala,
-            "cpu",
-            EngineConfig::default(),
-        )
-        .expect("loading the bench model into the server");
-        let state = Arc::new(AppState {
-            models: vec![Arc::new(served)],
-            cfg: ServerConfig::default(),
-        });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (atx, arx) = std::sync::mpsc::channel();
-        let st = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                atx.send(listener.local_addr().unwrap()).unwrap();
-                koala_serve::serve(listener, st, async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = arx.recv().expect("server address");
+    fn start(dir: &Path, threads: usize) -> Self {
+        let log = root().join("target/bench-serving-server.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+            .args(["serve-model", "--listen", "127.0.0.1:0", "--device", "cpu"])
+            .arg("--model")
+            .arg(format!("bench={}", dir.display()))
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(
+                std::fs::File::create(&log)
+                    .map(std::process::Stdio::from)
+                    .unwrap_or_else(|_| std::process::Stdio::null()),
+            )
+            .spawn()
+            .expect("starting koala serve-model");
+        let out = child.stdout.take().expect("server stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+            .expect("reading the server's address");
+        let Some(addr) = line.trim().strip_prefix("koala serve-model: listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "koala serve-model did not start (`{}`); see {}",
+                line.trim(),
+                log.display()
+            );
+        };
         ServerHandle {
-            base: format!("http://{addr}"),
-            state,
-            stop: Some(tx),
-            thread: Some(thread),
+            base: addr.to_string(),
+            child,
         }
     }
 
-    fn engine(&self) -> &Engine {
-        &self.state.models[0].engine
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
-    /// Waits until the engine holds no sequence and no request waits.
-    fn wait_idle(&self) {
-        let g = self.engine().gauges();
+    /// Waits until the engine holds no sequence and no request waits (`/health`).
+    async fn wait_idle(&self, client: &reqwest::Client) {
         let t0 = Instant::now();
-        while g.active.load(Ordering::SeqCst) != 0 || g.waiting.load(Ordering::SeqCst) != 0 {
+        loop {
+            let idle = match client.get(format!("{}/health", self.base)).send().await {
+                Ok(r) => r.json::<Value>().await.ok().is_some_and(|v| {
+                    v["models"][0]["active"] == 0 && v["models"][0]["waiting"] == 0
+                }),
+                Err(_) => false,
+            };
+            if idle {
+                return;
+            }
             if t0.elapsed() > Duration::from_secs(120) {
                 println!("warning: the engine is still busy after 120 s");
-                break;
+                return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -454,6 +448,7 @@ fn main() {
     let ttft_tokens = env_usize("KOALA_BENCH_TTFT_TOKENS", 32);
     let stress_requests = env_usize("KOALA_BENCH_STRESS_REQUESTS", 500);
     let stress_clients = env_usize("KOALA_BENCH_STRESS_CLIENTS", 64).max(1);
+    let stress_rounds = env_usize("KOALA_BENCH_STRESS_ROUNDS", 1).max(1);
     let dir = std::env::var_os("KOALA_BENCH_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/bench-model"));
@@ -556,7 +551,7 @@ fn main() {
     drop(w);
 
     // 3. The HTTP server: time to first token with concurrent streaming clients.
-    let server = ServerHandle::start(&dir);
+    let server = ServerHandle::start(&dir, threads);
     let base = server.base.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -597,7 +592,7 @@ fn main() {
                 (o, _) => ttft_bad.push(format!("{o:?}")),
             }
         }
-        server.wait_idle();
+        rt.block_on(server.wait_idle(&client));
     }
     ttfts.sort_by(f64::total_cmp);
     let (p50, p99) = if ttfts.is_empty() {
@@ -626,43 +621,98 @@ fn main() {
     );
 
     // 4. Stress: many clients, some leaving mid-stream; memory before and after.
-    server.wait_idle();
+    //
+    // The weights are memory-mapped, and VmRSS counts a page of the map once something reads
+    // it: the embedding table (vocab x width, 64 MB here) is read a row per token, so a run
+    // over new token ids maps new pages of it whatever the engine frees. The warm-up therefore
+    // first feeds every other token id (one per 4 KB page of the table) as prompts, so that
+    // "before" is the model fully resident, as in a server that has been up a while. Private
+    // memory (RssAnon: heap, KV caches, buffers) is printed apart.
+    let page_rows = (4096 / (4 * cfg.hidden_size)).max(1);
+    let all_ids: Vec<u32> = (0..vocab as u32).step_by(page_rows).collect();
+    let t_touch = Instant::now();
+    for chunk in all_ids.chunks(1024) {
+        let t = rt.block_on(stream_request(&client, &base, chunk, 1, None));
+        assert!(
+            matches!(t.outcome, Outcome::Complete { .. }),
+            "warm-up over the vocabulary: {:?}",
+            t.outcome
+        );
+    }
+    println!(
+        "warm-up: every token id's embedding page read ({} prompt tokens, {:.1} s)",
+        all_ids.len(),
+        t_touch.elapsed().as_secs_f64()
+    );
+    // The clients' idle keep-alive connections hold buffers in the server: close them (drop the
+    // client) before each reading; `/health` is polled without keeping a connection.
+    drop(client);
+    let health = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    rt.block_on(server.wait_idle(&health));
     std::thread::sleep(Duration::from_secs(1));
-    let rss_before = rss_kib();
-    let next = Arc::new(AtomicUsize::new(0));
+    let rss_before = proc_status(server.pid(), "VmRSS:");
+    let anon_before = proc_status(server.pid(), "RssAnon:");
+    let mut results: Vec<(usize, Timed)> = Vec::new();
+    let mut rss_rounds = Vec::new();
     let t0 = Instant::now();
-    let results: Vec<(usize, Timed)> = rt.block_on(async {
-        let hs: Vec<_> = (0..stress_clients)
-            .map(|c| {
-                let (cl, b, next) = (client.clone(), base.clone(), next.clone());
-                tokio::spawn(async move {
-                    let mut mine = Vec::new();
-                    let cancels = c % 5 == 4;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        if i >= stress_requests {
-                            break;
+    for round in 0..stress_rounds {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .unwrap();
+        let next = Arc::new(AtomicUsize::new(0));
+        let first_id = 1000 + round * stress_requests;
+        results.extend(rt.block_on(async {
+            let hs: Vec<_> = (0..stress_clients)
+                .map(|c| {
+                    let (cl, b, next) = (client.clone(), base.clone(), next.clone());
+                    tokio::spawn(async move {
+                        let mut mine = Vec::new();
+                        let cancels = c % 5 == 4;
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            if i >= stress_requests {
+                                break;
+                            }
+                            let max_tokens = 8 + (i * 37) % 57;
+                            let p = prompt_for(first_id + i, vocab);
+                            let t =
+                                stream_request(&cl, &b, &p, max_tokens, cancels.then_some(3)).await;
+                            mine.push((i, t));
                         }
-                        let max_tokens = 8 + (i * 37) % 57;
-                        let p = prompt_for(1000 + i, vocab);
-                        let t = stream_request(&cl, &b, &p, max_tokens, cancels.then_some(3)).await;
-                        mine.push((i, t));
-                    }
-                    mine
+                        mine
+                    })
                 })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in hs {
-            out.extend(h.await.unwrap());
+                .collect();
+            let mut out = Vec::new();
+            for h in hs {
+                out.extend(h.await.unwrap());
+            }
+            out
+        }));
+        drop(client);
+        rt.block_on(server.wait_idle(&health));
+        std::thread::sleep(Duration::from_secs(1));
+        let (rss, anon) = (
+            proc_status(server.pid(), "VmRSS:"),
+            proc_status(server.pid(), "RssAnon:"),
+        );
+        if stress_rounds > 1 {
+            println!(
+                "stress round {}: VmRSS {:.1} MiB, RssAnon {:.1} MiB (idle)",
+                round + 1,
+                rss as f64 / 1024.0,
+                anon as f64 / 1024.0
+            );
         }
-        out
-    });
+        rss_rounds.push((rss, anon));
+    }
     let stress_s = t0.elapsed().as_secs_f64();
-    server.wait_idle();
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_after = rss_kib();
-    let rss_peak = proc_status("VmHWM:");
+    let (rss_after, anon_after) = *rss_rounds.last().expect("at least one stress round");
+    let rss_peak = proc_status(server.pid(), "VmHWM:");
     let mut counts = StressCounts::default();
     let mut stress_tokens = 0usize;
     for (_, t) in &results {
@@ -683,7 +733,7 @@ fn main() {
         }
     }
     let rss_ratio = rss_after as f64 / rss_before as f64;
-    let stress_ok = counts.other == 0 && results.len() == stress_requests;
+    let stress_ok = counts.other == 0 && results.len() == stress_requests * stress_rounds;
     let rss_ok = (rss_ratio - 1.0).abs() <= 0.10;
     println!(
         "stress: {} requests from {stress_clients} clients in {stress_s:.1} s: {} complete ({stress_tokens} chunks), {} clean 503 errors, {} stream errors, {} cancelled by the client, {} other{}",
@@ -700,9 +750,11 @@ fn main() {
         }
     );
     println!(
-        "memory: VmRSS {:.1} MiB before, {:.1} MiB after (idle) = {rss_ratio:.3}x; peak (VmHWM, whole process) {:.1} MiB",
+        "memory: VmRSS {:.1} MiB before, {:.1} MiB after (idle) = {rss_ratio:.3}x (private RssAnon {:.1} -> {:.1} MiB); peak (VmHWM) {:.1} MiB",
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
+        anon_before as f64 / 1024.0,
+        anon_after as f64 / 1024.0,
         rss_peak as f64 / 1024.0
     );
     drop(server);
@@ -806,6 +858,10 @@ fn main() {
             "other_examples": counts.other_examples,
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
+            "rss_anon_before_kib": anon_before,
+            "rss_anon_after_kib": anon_after,
+            "rounds": stress_rounds,
+            "rss_rounds_kib": rss_rounds,
             "rss_ratio": rss_ratio,
             "rss_peak_kib": rss_peak,
             "goal_no_other": stress_ok,
