@@ -237,7 +237,11 @@ fn cuda_engine_greedy_tokens_equal_transformers() {
     assert!(engine.device().starts_with("cuda"), "{}", engine.device());
     for c in cases() {
         let out = engine
-            .generate(Request::new(c.ids.clone(), c.greedy.len(), SampleParams::greedy()))
+            .generate(Request::new(
+                c.ids.clone(),
+                c.greedy.len(),
+                SampleParams::greedy(),
+            ))
             .unwrap();
         assert_eq!(out.tokens, c.greedy);
     }
