@@ -12,6 +12,7 @@ use std::sync::Arc;
 use koala_kernels::Backend;
 use rayon::prelude::*;
 
+use crate::isa::Isa;
 use crate::kv::KvCache;
 use crate::weights::{Tensor, Weights};
 use crate::{Error, Result};
@@ -410,17 +411,18 @@ struct Head<'a> {
 type HeadFn = unsafe fn(Head<'_>);
 
 fn pick_head() -> HeadFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return simd::head_avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return simd::head_avx2;
-        }
+    version(Isa::detect())
+}
+
+/// The kernel of one instruction set.
+fn version(isa: Isa) -> HeadFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => simd::head_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => simd::head_avx2,
+        _ => head_portable,
     }
-    head_portable
 }
 
 /// Softmax of `scores` in place (`exp(s - max) / Σ`), as HF's f32 softmax.
@@ -470,6 +472,8 @@ fn head_portable(a: Head<'_>) {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
+
+    use crate::isa::hsum256;
 
     use super::{Head, head_portable, softmax};
 
@@ -606,16 +610,6 @@ mod simd {
         _mm256_set1_ps,
         hsum256
     );
-
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum256(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps::<1>(v);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
-    }
 }
 
 #[inline]
@@ -649,18 +643,10 @@ mod tests {
     /// and without a SIMD tail and for context lengths around the 4-position groups.
     #[test]
     fn every_head_version_matches_an_f64_reference() {
-        let mut versions: Vec<(&str, HeadFn)> = vec![("portable", head_portable)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                versions.push(("avx512", simd::head_avx512));
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                versions.push(("avx2", simd::head_avx2));
-            }
-        }
+        let versions: Vec<(Isa, HeadFn)> = Isa::available()
+            .into_iter()
+            .map(|i| (i, version(i)))
+            .collect();
         for &(hd, heads) in &[(64, 4), (16, 2), (40, 3), (128, 2), (7, 2)] {
             let kvd = hd * heads;
             for len in [1, 3, 4, 5, 9, 33] {
@@ -706,7 +692,7 @@ mod tests {
                     for (a, b) in out.iter().zip(&want) {
                         assert!(
                             (*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()),
-                            "{name} hd {hd} len {len}: {a} vs {b}"
+                            "{name:?} hd {hd} len {len}: {a} vs {b}"
                         );
                     }
                 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forward;
+pub mod isa;
 pub mod kv;
 pub mod linear;
 pub mod sampling;

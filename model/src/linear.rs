@@ -15,6 +15,8 @@
 //! or portable code); all three give results within rounding of the others, not equal bits.
 use rayon::prelude::*;
 
+use crate::isa::Isa;
+
 /// Fewest output rows per rayon task (a multiple of every kernel's row tile).
 const MIN_ROWS_PER_TASK: usize = 16;
 /// Tasks per pool thread: a few, so that a thread slowed by another process is helped out.
@@ -75,17 +77,18 @@ unsafe impl Sync for Out {}
 type Kernel = unsafe fn(Out, &[f32], &[f32], usize, usize, usize, usize, usize);
 
 fn pick() -> Kernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return x86::rows_avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return x86::rows_avx2;
-        }
+    version(Isa::detect())
+}
+
+/// The kernel of one instruction set.
+fn version(isa: Isa) -> Kernel {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::rows_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => x86::rows_avx2,
+        _ => rows_portable,
     }
-    rows_portable
 }
 
 /// Portable kernel: 8 lanes of independent accumulators per (row, input), fixed reduction.
@@ -125,6 +128,8 @@ unsafe fn rows_portable(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use crate::isa::hsum256;
 
     use super::Out;
 
@@ -437,16 +442,6 @@ mod x86 {
             j += 2;
         }
     }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum256(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps::<1>(v);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
-    }
 }
 
 #[cfg(test)]
@@ -506,27 +501,18 @@ mod tests {
                 for (a, b) in p.iter().zip(&r) {
                     assert!(
                         (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
-                        "{name} {m}x{k}x{n}: {a} vs {b}"
+                        "{name:?} {m}x{k}x{n}: {a} vs {b}"
                     );
                 }
             }
         }
     }
 
-    fn kernels() -> Vec<(&'static str, Kernel)> {
-        let mut v: Vec<(&'static str, Kernel)> = vec![("portable", rows_portable)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(("avx512", x86::rows_avx512));
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(("avx2", x86::rows_avx2));
-            }
-        }
-        v
+    fn kernels() -> Vec<(Isa, Kernel)> {
+        Isa::available()
+            .into_iter()
+            .map(|i| (i, version(i)))
+            .collect()
     }
 
     #[test]
