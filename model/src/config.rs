@@ -131,6 +131,17 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// The EOS ids of `eos_token_id` (a number or a list; ids that do not fit `u32` are left
+    /// out): the tokens that end generation.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        let id = |v: &serde_json::Value| v.as_u64().and_then(|x| u32::try_from(x).ok());
+        match &self.eos_token_id {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(id).collect(),
+            Some(v) => id(v).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Key/value heads (GQA); equals the query heads when the config leaves it out.
     pub fn n_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)

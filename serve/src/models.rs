@@ -76,7 +76,7 @@ impl Served {
             }
         };
         let bos = w.cfg.bos_token_id.or_else(|| tokenizer.token_to_id("<s>"));
-        let mut eos = eos_ids(&w.cfg.eos_token_id);
+        let mut eos = w.cfg.eos_ids();
         if eos.is_empty()
             && let Some(e) = tokenizer.token_to_id("</s>")
         {
@@ -133,19 +133,6 @@ impl Served {
             .encode(text, special)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))
-    }
-}
-
-/// EOS ids from `config.json` (a number or a list).
-pub fn eos_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
-    match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => Vec::new(),
     }
 }
 

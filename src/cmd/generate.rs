@@ -49,22 +49,9 @@ pub struct Args {
     watermark_delta: f32,
 }
 
-/// The model's EOS ids from `config.json` (a number or a list).
-pub fn eos_ids(cfg: &koala_model::LlamaConfig) -> Vec<u32> {
-    match &cfg.eos_token_id {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let w = Arc::new(Weights::load(&args.model)?);
-    let stop_tokens = eos_ids(&w.cfg);
+    let stop_tokens = w.cfg.eos_ids();
     let engine = Engine::on_device(w, &args.device, EngineConfig::default())?;
     let params = SampleParams {
         temperature: args.temperature,

@@ -322,16 +322,6 @@ fn tokenizer_matches(manifest: &serde_json::Value, path: &Path) -> bool {
     }
 }
 
-/// The EOS ids of a `config.json` (a number or a list), as `koala generate` reads them.
-fn eos_ids(cfg: &koala_model::LlamaConfig) -> Vec<u32> {
-    let id = |v: &serde_json::Value| v.as_u64().and_then(|x| u32::try_from(x).ok());
-    match &cfg.eos_token_id {
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(id).collect(),
-        Some(v) => id(v).into_iter().collect(),
-        None => Vec::new(),
-    }
-}
-
 /// A loaded model: the engine, its tokenizer and EOS.
 struct Model {
     /// Always `Some` until dropped.
@@ -348,7 +338,7 @@ impl Model {
             None => None,
         };
         let w = Weights::load(&key.dir).map_err(|e| e.to_string())?;
-        let eos = eos_ids(&w.cfg);
+        let eos = w.cfg.eos_ids();
         let engine = Engine::on_device(Arc::new(w), device, limits)
             .map_err(|e| format!("generate_device {device:?}: {e}"))?;
         tracing::info!(
