@@ -59,6 +59,8 @@ enum Command {
     /// Alpaca's self-instruct: `generate` instruction data from a teacher API, `dedup` (ROUGE-L).
     #[command(name = "self-instruct")]
     SelfInstruct(cmd::self_instruct::Args),
+    /// Evaluate as Koala did: answer eval sets, rate blind in pairs or with a judge, report.
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +91,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sample(a) => cmd::jobs::sample(a),
         Command::Watermark(a) => cmd::watermark::run(a),
         Command::SelfInstruct(a) => cmd::self_instruct::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
     }
 }

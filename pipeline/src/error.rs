@@ -32,6 +32,9 @@ pub enum Error {
     /// Building a prompt format failed (a chat template that does not load or compile).
     #[error(transparent)]
     Format(#[from] koala_format::Error),
+    /// Loading a test set failed (names the file, line and field).
+    #[error(transparent)]
+    TestSet(#[from] koala_testsets::Error),
 }
 
 /// The pipeline's result type.

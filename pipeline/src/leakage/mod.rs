@@ -31,9 +31,9 @@
 //! assert_eq!(out.kept.height(), 1);
 //! assert_eq!(out.dropped.column("leak_test_id").unwrap().str().unwrap().get(0), Some("t1"));
 //! ```
-pub mod curation;
+pub use koala_testsets::curation;
 pub mod index;
-pub mod testset;
+pub use koala_testsets::load as testset;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -6,6 +6,8 @@
 //!   instance, `instruction` then a blank line then `input` (when the input is not empty).
 //! - Alpaca-style JSON list of `{"instruction", "input", "output"}` (an `id` field is used when
 //!   present, else `{file stem}/{index}`); the prompt is built as for self-instruct.
+//! - Instruction JSONL: `{"instruction", "input"?}` per line (any other fields are ignored; `id`
+//!   when present, else the line number).
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,8 @@ pub enum TestFormat {
     SelfInstruct,
     /// A JSON list of `{"instruction","input","output"}`.
     Alpaca,
+    /// JSONL `{"instruction","input"?}`.
+    Instruction,
 }
 
 fn record_err(file: &str, line: u64, field: &str, message: impl Into<String>) -> Error {
@@ -86,25 +90,31 @@ fn join_prompt(instruction: &str, input: &str) -> String {
 /// keys decide (`prompt` → Koala, `instruction` + `instances` → self-instruct).
 pub fn detect_format(path: &Path) -> Result<TestFormat> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let file = path.display().to_string();
+    detect_format_of(&text, &path.display().to_string())
+}
+
+fn detect_format_of(text: &str, file: &str) -> Result<TestFormat> {
     let first = text.trim_start();
     if first.starts_with('[') {
         return Ok(TestFormat::Alpaca);
     }
     let line = first.lines().next().unwrap_or("");
     let v: Value = serde_json::from_str(line)
-        .map_err(|e| record_err(&file, 1, "<record>", format!("not JSON: {e}")))?;
+        .map_err(|e| record_err(file, 1, "<record>", format!("not JSON: {e}")))?;
     if v.get("prompt").is_some() {
         Ok(TestFormat::Koala)
     } else if v.get("instruction").is_some() && v.get("instances").is_some() {
         Ok(TestFormat::SelfInstruct)
+    } else if v.get("instruction").is_some() {
+        Ok(TestFormat::Instruction)
     } else {
         Err(record_err(
-            &file,
+            file,
             1,
             "<record>",
-            "cannot tell the test-set format: expected `prompt` (Koala) or `instruction` + \
-             `instances` (self-instruct) in JSONL, or a JSON list (Alpaca)",
+            "cannot tell the test-set format: expected `prompt` (Koala), `instruction` + \
+             `instances` (self-instruct) or `instruction` (+ `input`) in JSONL, or a JSON list \
+             (Alpaca)",
         ))
     }
 }
@@ -112,7 +122,7 @@ pub fn detect_format(path: &Path) -> Result<TestFormat> {
 /// Loads one test set; `format: None` detects it with [`detect_format`].
 ///
 /// ```
-/// use koala_pipeline::leakage::testset::{load_test_set, TestFormat};
+/// use koala_testsets::load::{load_test_set, TestFormat};
 /// let dir = tempfile::tempdir().unwrap();
 /// let p = dir.path().join("koala_test_set.jsonl");
 /// std::fs::write(&p, "{\"id\":\"q1\",\"prompt\":\"Tell me a joke\"}\n").unwrap();
@@ -121,15 +131,30 @@ pub fn detect_format(path: &Path) -> Result<TestFormat> {
 /// assert_eq!(tests[0].prompt, "Tell me a joke");
 /// ```
 pub fn load_test_set(path: &Path, format: Option<TestFormat>) -> Result<Vec<TestPrompt>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parse_test_set(&text, &path.display().to_string(), &stem, format)
+}
+
+/// Parses a test set held in memory; `file` names it in errors and in [`TestPrompt::file`], `stem`
+/// prefixes the ids of Alpaca-style records that have none.
+pub fn parse_test_set(
+    text: &str,
+    file: &str,
+    stem: &str,
+    format: Option<TestFormat>,
+) -> Result<Vec<TestPrompt>> {
     let format = match format {
         Some(f) => f,
-        None => detect_format(path)?,
+        None => detect_format_of(text, file)?,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let file = path.display().to_string();
+    let file = file.to_string();
     let mut out = Vec::new();
     match format {
-        TestFormat::Koala | TestFormat::SelfInstruct => {
+        TestFormat::Koala | TestFormat::SelfInstruct | TestFormat::Instruction => {
             for (i, line) in text.lines().enumerate() {
                 let ln = i as u64 + 1;
                 if line.trim().is_empty() {
@@ -148,6 +173,20 @@ pub fn load_test_set(path: &Path, format: Option<TestFormat>) -> Result<Vec<Test
                     continue;
                 }
                 let instruction = str_field(&v, &file, ln, "instruction")?;
+                if format == TestFormat::Instruction {
+                    let input = match v.get("input") {
+                        None | Some(Value::Null) => "",
+                        Some(Value::String(s)) => s,
+                        Some(_) => return Err(record_err(&file, ln, "input", "expected a string")),
+                    };
+                    out.push(TestPrompt {
+                        id,
+                        prompt: join_prompt(instruction, input),
+                        file: file.clone(),
+                        record: ln,
+                    });
+                    continue;
+                }
                 let instances = match v.get("instances") {
                     Some(Value::Array(a)) => a,
                     _ => return Err(record_err(&file, ln, "instances", "expected a list")),
@@ -187,15 +226,11 @@ pub fn load_test_set(path: &Path, format: Option<TestFormat>) -> Result<Vec<Test
             }
         }
         TestFormat::Alpaca => {
-            let v: Value = serde_json::from_str(&text)
+            let v: Value = serde_json::from_str(text)
                 .map_err(|e| record_err(&file, 0, "<file>", format!("not a JSON list: {e}")))?;
             let Value::Array(items) = v else {
                 return Err(record_err(&file, 0, "<file>", "expected a JSON list"));
             };
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
             for (i, item) in items.iter().enumerate() {
                 let rec = i as u64 + 1;
                 let instruction = str_field(item, &file, rec, "instruction")?;
@@ -261,6 +296,17 @@ mod tests {
         let s = load_test_set(&s, None).unwrap();
         assert_eq!(s[0].prompt, "Fix it.\n\nteh cat");
         assert_eq!(s[0].id, "user_oriented_task_0");
+        let i = write(
+            d.path(),
+            "i.jsonl",
+            "{\"instruction\":\"Add\",\"input\":\"1+1\",\"extra\":true}\n{\"id\":\"x\",\"instruction\":\"Hi\"}\n",
+        );
+        let i = load_test_set(&i, None).unwrap();
+        assert_eq!(
+            (i[0].id.as_str(), i[0].prompt.as_str()),
+            ("1", "Add\n\n1+1")
+        );
+        assert_eq!((i[1].id.as_str(), i[1].prompt.as_str()), ("x", "Hi"));
         let a = load_test_set(&a, None).unwrap();
         assert_eq!(a[0].prompt, "Say hi");
         assert_eq!(a[1].id, "a/1");

@@ -108,7 +108,7 @@ fn is_code_symbol(c: char) -> bool {
 /// Applies the curation rules to one prompt.
 ///
 /// ```
-/// use koala_pipeline::leakage::curation::flag_prompt;
+/// use koala_testsets::curation::flag_prompt;
 /// let f = flag_prompt("Write a Python function that reverses a list.");
 /// assert!(f.coding && !f.non_english, "{f:?}");
 /// let f = flag_prompt("¿Cuál es la capital de Francia y por qué es tan famosa en el mundo?");

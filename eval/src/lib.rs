@@ -1,0 +1,10 @@
+//! Evaluation as the Koala study ran it: answer the eval sets with any system, rate the answers
+//! blind in pairs (people in a web page, or an LLM judge), and report Bradley–Terry ratings with
+//! bootstrap intervals and the Koala win-rate chart. See docs/evaluation.md.
+//!
+//! * [`rows`]: the JSONL rows between the commands (responses, ratings).
+pub mod error;
+pub mod rows;
+
+pub use error::{Error, Result};
+pub use rows::{RatingRow, ResponseRow, Side, Usage, Winner};
