@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let mut cfg = CurateConfig::load(&root.join("pipeline/presets/koala-all.toml"))?;
-    cfg.leakage = None;
+    cfg.leakage.enabled = false;
 
     let t_load = Instant::now();
     let table = load_dir(&data, &LoadOptions::default())?.table;

@@ -65,16 +65,17 @@ fn koala_all_on_the_sample() {
     assert_eq!(
         stages,
         [
-            "select", "cleanup", "dedup", "language", "markers", "mixture"
+            "select", "cleanup", "dedup", "language", "markers", "leakage", "mixture"
         ]
     );
-    // Funnel per source: input, select, cleanup, dedup, language, markers, mixture.
+    // Funnel per source: input, select, cleanup, dedup, language, markers, leakage (on by
+    // default, against the shipped eval sets), mixture.
     // examples/data holds 9 ShareGPT conversations (2 in Koala's keyed layout, 7 in the
     // ShareGPT-90K layout): two repeat an earlier user query ("How do I reverse a list in
     // Python?", "Write a haiku about autumn rain." with other casing/spacing), one is Spanish and
     // one Mandarin. One HH rejected reply is empty. Everything else passes the koala-all preset.
-    assert_eq!(funnel(&report, "sharegpt"), [9, 9, 9, 7, 5, 5, 5]);
-    assert_eq!(funnel(&report, "hh"), [14, 14, 13, 13, 13, 13, 13]);
+    assert_eq!(funnel(&report, "sharegpt"), [9, 9, 9, 7, 5, 5, 5, 5]);
+    assert_eq!(funnel(&report, "hh"), [14, 14, 13, 13, 13, 13, 13, 13]);
     for (src, n) in [
         ("alpaca", 6),
         ("hc3", 13),
@@ -82,12 +83,14 @@ fn koala_all_on_the_sample() {
         ("summarize", 6),
         ("webgpt", 6),
     ] {
-        assert_eq!(funnel(&report, src), [n; 7], "{src}");
+        assert_eq!(funnel(&report, src), [n; 8], "{src}");
     }
     let reasons = |i: usize| report["stages"][i]["dropped"].clone();
     assert_eq!(reasons(1), serde_json::json!({"no_assistant_reply": 1}));
     assert_eq!(reasons(2), serde_json::json!({"duplicate_query": 2}));
     assert_eq!(reasons(3), serde_json::json!({"language": 2}));
+    // Nothing in the sample leaks a Koala or self-instruct test prompt.
+    assert_eq!(reasons(5), serde_json::json!({}));
     assert_eq!(report["rows_in"], 60);
     assert_eq!(report["rows_kept"], 55);
 

@@ -20,8 +20,10 @@ pub struct DecontaminateArgs {
     /// every `*.parquet` in it, in name order).
     #[arg(long)]
     pub input: PathBuf,
-    /// Test-set files: Koala JSONL {"id","prompt"}, self-instruct JSONL, or an Alpaca JSON list.
-    #[arg(long = "test", required = true, num_args = 1..)]
+    /// Test sets: `builtin:koala`, `builtin:self-instruct` (the shipped eval sets, the default),
+    /// or files: Koala JSONL {"id","prompt"}, self-instruct JSONL, instruction JSONL, or an Alpaca
+    /// JSON list.
+    #[arg(long = "test", num_args = 1.., default_values = ["builtin:koala", "builtin:self-instruct"])]
     pub tests: Vec<PathBuf>,
     /// Output directory.
     #[arg(long)]
@@ -104,6 +106,7 @@ fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 
 pub fn run(args: DecontaminateArgs) -> Result<()> {
     let cfg = LeakageConfig {
+        enabled: true,
         test_sets: args.tests.clone(),
         direction: match args.direction {
             DirectionArg::Decontaminate => Direction::Decontaminate,

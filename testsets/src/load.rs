@@ -251,11 +251,19 @@ pub fn parse_test_set(
     Ok(out)
 }
 
-/// Loads several test sets, in order.
+/// Loads several test sets, in order. `builtin:koala` and `builtin:self-instruct` name the
+/// shipped sets ([`crate::sets::EvalSet`]).
 pub fn load_test_sets<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<TestPrompt>> {
     let mut out = Vec::new();
     for p in paths {
-        out.extend(load_test_set(p.as_ref(), None)?);
+        let p = p.as_ref();
+        match p.to_str().and_then(|s| s.strip_prefix("builtin:")) {
+            Some(name) => match crate::sets::EvalSet::from_name(name) {
+                Some(set) => out.extend(set.prompts()),
+                None => return Err(Error::UnknownSet(p.display().to_string())),
+            },
+            None => out.extend(load_test_set(p, None)?),
+        }
     }
     Ok(out)
 }

@@ -86,8 +86,11 @@ pub enum Direction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeakageConfig {
-    /// Test-set files (Koala JSONL, self-instruct JSONL or Alpaca JSON list; detected per file).
-    /// The curation stage loads them; [`filter`] takes the loaded prompts.
+    /// Whether `curate` runs the leakage stage (default true).
+    pub enabled: bool,
+    /// Test sets: the shipped `builtin:koala` and `builtin:self-instruct` (the default, both), or
+    /// files (Koala JSONL, self-instruct JSONL, instruction JSONL or Alpaca JSON list; detected
+    /// per file). The curation stage loads them; [`filter`] takes the loaded prompts.
     pub test_sets: Vec<PathBuf>,
     /// `decontaminate` (default) or `audit`.
     pub direction: Direction,
@@ -106,7 +109,11 @@ pub struct LeakageConfig {
 impl Default for LeakageConfig {
     fn default() -> Self {
         LeakageConfig {
-            test_sets: Vec::new(),
+            enabled: true,
+            test_sets: vec![
+                PathBuf::from("builtin:koala"),
+                PathBuf::from("builtin:self-instruct"),
+            ],
             direction: Direction::Decontaminate,
             hypothesis: Hypothesis::Test,
             threshold: 20.0,

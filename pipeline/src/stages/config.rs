@@ -72,9 +72,11 @@ pub struct CurateConfig {
     pub language: LanguageConfig,
     #[serde(default)]
     pub markers: MarkersConfig,
-    /// The BLEU leakage filter ([`crate::leakage::LeakageConfig`]); no table = no filter.
+    /// The BLEU leakage filter ([`crate::leakage::LeakageConfig`]). On by default, against the
+    /// shipped eval sets (`builtin:koala`, `builtin:self-instruct`), so that a training mixture
+    /// never contains them; `[leakage] enabled = false` turns it off.
     #[serde(default)]
-    pub leakage: Option<crate::leakage::LeakageConfig>,
+    pub leakage: crate::leakage::LeakageConfig,
     #[serde(default)]
     pub export: ExportConfig,
 }
@@ -116,9 +118,7 @@ impl CurateConfig {
         }
         super::language::LanguageFilter::new(self.language.clone())?;
         super::minhash::MinHashLsh::new(self.dedup.near.clone())?;
-        if let Some(l) = &self.leakage {
-            l.validate()?;
-        }
+        self.leakage.validate()?;
         Ok(())
     }
 }
@@ -141,11 +141,22 @@ mod tests {
         let c =
             CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\nthreshold=25.0", "t")
                 .unwrap();
-        assert_eq!(c.leakage.unwrap().threshold, 25.0);
+        assert_eq!(c.leakage.threshold, 25.0);
         let e = CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\ntreshold=25.0", "t");
         assert!(e.unwrap_err().to_string().contains("treshold"));
         let none = CurateConfig::from_toml_str("[[sources]]\nname='a'", "t").unwrap();
-        assert!(none.leakage.is_none());
+        assert!(none.leakage.enabled);
+        assert_eq!(
+            none.leakage.test_sets,
+            [
+                std::path::PathBuf::from("builtin:koala"),
+                std::path::PathBuf::from("builtin:self-instruct")
+            ]
+        );
+        let off =
+            CurateConfig::from_toml_str("[[sources]]\nname='a'\n[leakage]\nenabled=false", "t")
+                .unwrap();
+        assert!(!off.leakage.enabled);
     }
 
     #[test]

@@ -106,3 +106,42 @@ impl Stage for Leakage {
         add_verdicts(df, &verdicts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Conversation, Turn, to_dataframe};
+    use crate::stages::Stage;
+
+    /// With no `[leakage]` table, the stage runs against the shipped eval sets: a training
+    /// conversation that copies a Koala or self-instruct test prompt is dropped.
+    #[test]
+    fn default_config_drops_copies_of_the_shipped_eval_sets() {
+        let koala = koala_testsets::EvalSet::Koala.prompts();
+        let si = koala_testsets::EvalSet::SelfInstruct.prompts();
+        let conv = |id: &str, q: &str| Conversation {
+            id: id.into(),
+            source: "sharegpt".into(),
+            split: "unsplit".into(),
+            turns: vec![Turn::user(q), Turn::assistant("...")],
+            src_file: "f".into(),
+            src_record: 1,
+            meta: "{}".into(),
+        };
+        let df = to_dataframe(&[
+            conv("k", &koala[7].prompt),
+            conv("s", &si[11].prompt),
+            conv(
+                "ok",
+                "How do I keep basil alive on a windowsill through the winter?",
+            ),
+        ])
+        .unwrap();
+        let out = Leakage::new(LeakageConfig::default())
+            .unwrap()
+            .run(df)
+            .unwrap();
+        assert_eq!(out.stats.dropped["leakage"], 2);
+        assert_eq!(out.kept.height(), 1);
+    }
+}

@@ -59,8 +59,8 @@ pub fn stages(cfg: &CurateConfig) -> Result<Vec<Box<dyn Stage>>> {
         Box::new(LanguageFilter::new(cfg.language.clone())?),
         Box::new(Markers::new(cfg.markers.clone())),
     ];
-    if let Some(l) = &cfg.leakage {
-        v.push(Box::new(Leakage::new(l.clone())?));
+    if cfg.leakage.enabled {
+        v.push(Box::new(Leakage::new(cfg.leakage.clone())?));
     }
     v.push(Box::new(Mixture {
         seed: cfg.seed,
