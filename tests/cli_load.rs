@@ -195,3 +195,65 @@ print(json.dumps({
     assert_eq!(turns[0]["role"], "user");
     assert_eq!(turns[0]["preference"], "unrated");
 }
+
+/// A folder without the `DIR/<source>/` layout is an error that lists what was found and the
+/// layout expected, for `load` and for `curate`; not "0 rows" and exit 0.
+#[test]
+fn wrong_layout_fails_and_says_what_was_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("dumps")).unwrap();
+    std::fs::write(input.join("sharegpt_part1.json"), "[]").unwrap();
+    std::fs::write(input.join("dumps/hh.jsonl"), "{}\n").unwrap();
+    let out = dir.path().join("out/c.parquet");
+    for cmd in ["load", "curate"] {
+        let mut c = koala();
+        c.arg(cmd).arg("--input").arg(&input).arg("--out");
+        if cmd == "load" {
+            c.arg(&out);
+        } else {
+            c.arg(dir.path().join("cur"))
+                .arg("--config")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/presets/koala-all.toml"));
+        }
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd}: {stderr}");
+        for want in [
+            "no input files in the expected layout",
+            "DIR/sharegpt/*.json",
+            "found: dumps, sharegpt_part1.json",
+        ] {
+            assert!(stderr.contains(want), "{cmd}: missing {want:?} in {stderr}");
+        }
+    }
+}
+
+/// A file in a source's layout whose every record fails to parse is an error naming the source,
+/// the file and the first failure.
+#[test]
+fn a_source_whose_every_record_fails_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("hc3")).unwrap();
+    std::fs::write(
+        input.join("hc3/all.jsonl"),
+        "{\"q\": \"not hc3\"}\n{\"also\": \"wrong\"}\n",
+    )
+    .unwrap();
+    let o = koala()
+        .arg("load")
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("c.parquet"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every one of the 2 records of source `hc3` failed to parse"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hc3/all.jsonl line 1, field"), "{stderr}");
+}

@@ -19,6 +19,10 @@ pub enum Error {
         field: String,
         message: String,
     },
+    /// An input directory with none of the sources' layouts, or a source whose every record
+    /// failed to parse: the message lists what was found and what was expected.
+    #[error("{0}")]
+    Input(String),
     /// A bad configuration value.
     #[error("config: {0}")]
     Config(String),

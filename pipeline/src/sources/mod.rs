@@ -405,12 +405,80 @@ fn rel_name(base: &Path, p: &Path) -> String {
         .join("/")
 }
 
+/// The layout [`discover`] expects, for error messages.
+pub const LAYOUT_HELP: &str = "DIR/sharegpt/*.json, DIR/hc3/*.jsonl, DIR/oig/unified_*.jsonl, \
+DIR/alpaca/*.json, DIR/hh/**/*.jsonl.gz, DIR/webgpt/*.jsonl, DIR/summarize/**/*.json \
+(any of .json, .jsonl, .json.gz, .jsonl.gz, .parquet; docs/sources.md)";
+
 /// Loads every source found in `dir` (see [`discover`]).
+///
+/// A directory with no file in the sources' layout is an error that lists what was found, and
+/// so is a source whose every record failed to parse: neither is "0 rows".
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadOutcome> {
     let found = discover(dir)?;
+    let wanted = found
+        .files
+        .iter()
+        .filter(|f| opts.sources.as_ref().is_none_or(|s| s.contains(&f.source)))
+        .count();
+    if wanted == 0 {
+        let mut seen: Vec<String> = found.files.iter().map(|f| f.name.clone()).collect();
+        seen.extend(found.ignored.iter().cloned());
+        let seen = match seen.len() {
+            0 => "nothing".to_string(),
+            n if n > 12 => format!("{}, … ({n} entries)", seen[..12].join(", ")),
+            _ => seen.join(", "),
+        };
+        let which = match &opts.sources {
+            Some(s) => format!(
+                " for the sources {}",
+                s.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        return Err(Error::Input(format!(
+            "{}: no input files{which} in the expected layout {LAYOUT_HELP}; found: {seen}",
+            dir.display()
+        )));
+    }
     let mut out = load_files(&found.files, opts)?;
+    check_some_rows_parse(&out)?;
     out.ignored = found.ignored;
     Ok(out)
+}
+
+/// Fails when a source had records but every one of them went to quarantine.
+fn check_some_rows_parse(out: &LoadOutcome) -> Result<()> {
+    for s in Source::ALL {
+        let files: Vec<&FileStats> = out.files.iter().filter(|f| f.source == s.name()).collect();
+        let read: u64 = files.iter().map(|f| f.records_read).sum();
+        let bad: u64 = files.iter().map(|f| f.records_quarantined).sum();
+        if read > 0 && bad == read {
+            let first = out
+                .quarantine
+                .iter()
+                .find(|q| q.source == s)
+                .map(|q| {
+                    format!(
+                        "; the first: {} line {}, field `{}`: {}",
+                        q.file, q.line, q.field, q.reason
+                    )
+                })
+                .unwrap_or_default();
+            return Err(Error::Input(format!(
+                "every one of the {read} records of source `{}` failed to parse (files: {}){first}. \
+                 Is this the {} format (docs/sources.md)?",
+                s.name(),
+                files
+                    .iter()
+                    .map(|f| f.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Loads one file of a source.

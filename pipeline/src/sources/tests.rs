@@ -497,7 +497,13 @@ fn wrong_types_name_the_field() {
     for (file, text, field) in cases {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), file, text.as_bytes());
-        let out = load_dir(d.path(), &LoadOptions::default()).unwrap();
+        // load_dir refuses a source whose every record failed; load_files shows the quarantine.
+        let all_bad = load_dir(d.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(all_bad.contains("every one of the 1 records"), "{all_bad}");
+        let found = discover(d.path()).unwrap();
+        let out = load_files(&found.files, &LoadOptions::default()).unwrap();
         out.check_reconciled().unwrap();
         assert_eq!(out.quarantine.len(), 1, "{file}");
         let q = &out.quarantine[0];
