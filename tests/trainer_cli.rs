@@ -86,6 +86,24 @@ fn make_run(dir: &Path) -> PathBuf {
         })
         .collect();
     write_shard(&shards.join("shard-00000.arrow"), &rows).unwrap();
+    // A word-level tokenizer over the 96 ids, where `koala tokenize` would have put one.
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..96)
+        .map(|i| {
+            let w = if i == 0 {
+                "<unk>".to_string()
+            } else {
+                format!("t{i}")
+            };
+            (w, serde_json::Value::from(i))
+        })
+        .collect();
+    let tk = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(shards.join("tokenizer.json"), tk.to_string()).unwrap();
     std::fs::write(
         dir.join("config.json"),
         r#"{"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -144,6 +162,33 @@ fn train_cli_writes_model_metrics_curve_and_resumes() {
     let ids: Vec<u32> = so.trim().split(',').map(|x| x.parse().unwrap()).collect();
     assert!(
         !ids.is_empty() && ids.len() <= 5 && ids.iter().all(|&i| i < 96),
+        "{so}"
+    );
+    // The model folder holds the shards' tokenizer, so a text prompt needs no --tokenizer.
+    assert_eq!(
+        std::fs::read(run.join("final/tokenizer.json")).unwrap(),
+        std::fs::read(d.path().join("shards/tokenizer.json")).unwrap()
+    );
+    let so = run_ok(
+        koala()
+            .args(["generate", "--model"])
+            .arg(run.join("final"))
+            .args([
+                "--prompt",
+                "t3 t6",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "4",
+            ]),
+    );
+    // Every word printed is a word of that vocabulary: the text went through the tokenizer.
+    let words: Vec<&str> = so.split_whitespace().collect();
+    assert!(!words.is_empty(), "{so}");
+    assert!(
+        words.iter().all(|w| *w == "<unk>"
+            || w.strip_prefix('t')
+                .is_some_and(|n| n.parse::<u32>().is_ok())),
         "{so}"
     );
 }

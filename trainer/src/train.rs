@@ -722,6 +722,15 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             let out = &cfg.out_dir;
             let final_dir = out.join("final");
             weights::save_dir(&final_dir, &prep.mcfg, &params, 5 << 30)?;
+            // The tokenizer travels with the model, so `generate`, `serve-model` and `eval`
+            // need no `--tokenizer` (`koala tokenize` writes it beside the shards).
+            for name in ["tokenizer.json", "tokenizer_config.json"] {
+                let src = cfg.shards.join(name);
+                if src.is_file() {
+                    let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                    weights::atomic_write(&final_dir.join(name), &bytes)?;
+                }
+            }
             let curve = plot::loss_curve(&out.join("loss_curve.png"), &history)?;
             let report = serde_json::json!({
                 "steps": step,
