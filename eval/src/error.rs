@@ -21,6 +21,10 @@ pub enum Error {
     /// A bad argument or setting.
     #[error("{0}")]
     Invalid(String),
+    /// A request to a system or judge that failed for good (after its retries, or at once for a
+    /// client error such as HTTP 400/401).
+    #[error("{0}")]
+    Request(String),
 }
 
 impl Error {

@@ -5,6 +5,14 @@
 //! * [`rows`]: the JSONL rows between the commands (responses, ratings).
 pub mod error;
 pub mod rows;
+/// OpenAI-compatible chat client with retries (shared by `generate` and `judge`).
+pub mod client;
+/// `eval generate`: answers from every system, resumable.
+pub mod generate;
+/// `eval judge`: pairwise LLM judge, both orders, cached.
+pub mod judge;
+/// The systems `eval generate` asks (`--system NAME=SPEC`).
+pub mod systems;
 
 pub use error::{Error, Result};
 pub use rows::{RatingRow, ResponseRow, Side, Usage, Winner};
