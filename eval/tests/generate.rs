@@ -244,3 +244,43 @@ fn bad_specs_are_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn checkpoint_systems_run_on_our_engine_greedily() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/tiny_hf");
+    let (name, spec) = parse_system(&format!("tiny={}", dir.display())).unwrap();
+    let mut o = opts();
+    o.max_tokens = Some(8);
+    let sys = vec![(name.clone(), open_system(&name, &spec, &o).unwrap())];
+    let d = tempfile::tempdir().unwrap();
+    let run = |out: std::path::PathBuf| {
+        let sys = sys.clone();
+        async move {
+            generate(
+                "t",
+                &prompts(2),
+                &sys,
+                &GenerateConfig {
+                    out: out.clone(),
+                    concurrency: 2,
+                    progress: false,
+                },
+            )
+            .await
+            .unwrap();
+            let mut rows: Vec<ResponseRow> = read_jsonl(&out).unwrap();
+            rows.sort_by(|a, b| a.prompt_id.cmp(&b.prompt_id));
+            rows
+        }
+    };
+    let a = run(d.path().join("a.jsonl")).await;
+    let b = run(d.path().join("b.jsonl")).await;
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.response, y.response, "greedy answers differ between runs");
+        let u = x.usage.unwrap();
+        assert!(u.prompt_tokens > 0 && u.completion_tokens <= 8, "{u:?}");
+        assert!(["stop", "length"].contains(&x.finish_reason.as_str()));
+    }
+}
