@@ -4,6 +4,7 @@
 //!
 //! * [`rows`]: the JSONL rows between the commands (responses, ratings).
 pub mod error;
+pub mod report;
 pub mod rows;
 /// OpenAI-compatible chat client with retries (shared by `generate` and `judge`).
 pub mod client;
