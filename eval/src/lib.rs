@@ -3,15 +3,15 @@
 //! bootstrap intervals and the Koala win-rate chart. See docs/evaluation.md.
 //!
 //! * [`rows`]: the JSONL rows between the commands (responses, ratings).
-pub mod error;
-pub mod report;
-pub mod rows;
 /// OpenAI-compatible chat client with retries (shared by `generate` and `judge`).
 pub mod client;
+pub mod error;
 /// `eval generate`: answers from every system, resumable.
 pub mod generate;
 /// `eval judge`: pairwise LLM judge, both orders, cached.
 pub mod judge;
+pub mod report;
+pub mod rows;
 /// The systems `eval generate` asks (`--system NAME=SPEC`).
 pub mod systems;
 
