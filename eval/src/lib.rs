@@ -10,6 +10,8 @@ pub mod error;
 pub mod generate;
 /// `eval judge`: pairwise LLM judge, both orders, cached.
 pub mod judge;
+/// `eval rate`: the blind pairwise rating web app and its database.
+pub mod rate;
 pub mod report;
 pub mod rows;
 /// The systems `eval generate` asks (`--system NAME=SPEC`).
