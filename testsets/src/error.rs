@@ -19,6 +19,17 @@ pub enum Error {
     },
     #[error("unknown eval set `{0}`: expected `koala`, `self-instruct` or a file path")]
     UnknownSet(String),
+    /// A labels file (`koala testset check --labels`) that does not parse or does not fit the
+    /// test prompts.
+    #[error("{file}:{line}: {message}")]
+    Labels {
+        file: String,
+        line: u64,
+        message: String,
+    },
+    /// Labels that match none of the test prompts, or test prompts with clashing ids.
+    #[error("{0}")]
+    Check(String),
 }
 
 impl Error {

@@ -7,12 +7,14 @@
 //!   [`sets::resolve`] for `koala|self-instruct|FILE`.
 //! * [`load`]: test-set files in the Koala, self-instruct, Alpaca and instruction-JSONL formats.
 //! * [`curation`]: the non-English and coding flags that Koala's test-set curation applied.
+//! * [`check`]: measures those flags against hand labels (`koala testset check`).
 //!
 //! ```
 //! use koala_testsets::{curation::flag_prompt, sets::EvalSet};
 //! let flagged = EvalSet::Koala.prompts().iter().filter(|p| flag_prompt(&p.prompt).coding).count();
 //! assert!(flagged < 180);
 //! ```
+pub mod check;
 pub mod curation;
 pub mod error;
 pub mod load;
