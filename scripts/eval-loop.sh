@@ -25,8 +25,6 @@ max_tokens=${KOALA_LOOP_MAX_TOKENS:-32}
 set_name=${KOALA_LOOP_SET:-koala}
 judge_spec=${KOALA_LOOP_JUDGE:-}
 mkdir -p "$out"
-start=$(date +%s)
-stamp() { echo "   ($(($(date +%s) - start)) s so far)"; }
 
 # A debug build, shared with the tests (the GEMM crates and the model engine are optimised even
 # in debug; see Cargo.toml).
@@ -40,6 +38,9 @@ if [ -z "$judge_spec" ]; then
   cargo build --quiet --example stand_in_judge
   judge_bin="${CARGO_TARGET_DIR:-target}/debug/examples/stand_in_judge"
 fi
+# Timings below leave the build out.
+start=$(date +%s)
+stamp() { echo "   ($(($(date +%s) - start)) s so far)"; }
 
 pids=()
 cleanup() {
@@ -165,6 +166,6 @@ stamp
 echo "== eval report"
 "$koala" eval report --ratings "$out/ratings.jsonl" --out "$out/report"
 
-echo "== done in $(($(date +%s) - start)) s: see $out/report/report.md and $out/report/winrates.png"
+echo "== done in $(($(date +%s) - start)) s (after the build): see $out/report/report.md and $out/report/winrates.png"
 echo "   (the ratings come from a stand-in judge that counts words: they exercise the loop and"
 echo "    measure nothing; point --judge at a real model for a real evaluation)"
