@@ -30,6 +30,8 @@ enum Command {
     Curate(cmd::curate::CurateArgs),
     /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
     Decontaminate(cmd::decontaminate::DecontaminateArgs),
+    /// Test-set curation tools: `check` measures the non-English and coding flags against labels.
+    Testset(cmd::testset::Args),
     /// Sentence or corpus BLEU of a JSONL file, equal to sacrebleu 2.x.
     Bleu(cmd::bleu::BleuArgs),
     /// Format, tokenise (with loss masks) and pack conversations into training shards.
@@ -77,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Load(a) => cmd::load::run(a),
         Command::Curate(a) => cmd::curate::run(a),
         Command::Decontaminate(a) => cmd::decontaminate::run(a),
+        Command::Testset(a) => cmd::testset::run(a),
         Command::Bleu(a) => cmd::bleu::run(a),
         Command::Tokenize(a) => cmd::tokenize::main(a),
         Command::Train(a) => cmd::train::run(a),

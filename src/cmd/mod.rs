@@ -12,6 +12,7 @@ pub mod serve;
 pub mod serve_model;
 pub mod submit;
 pub mod synth;
+pub mod testset;
 pub mod tokenize;
 pub mod train;
 pub mod watermark;
