@@ -117,7 +117,7 @@ const CODE_NOUNS: &str = r"code|codes|function|functions|program|programs|script
 const FOREIGN_CODE_NOUNS: &str = r"función|funcion|fonction|funktion|função|funcao|funzione|código|codigo|codice|requête|requete|consulta|programa|programme|programm|skript|befehl|commande|comando|klasse|clase";
 
 /// Verbs of a coding request (used with [`INTENT_NOUNS`]).
-const INTENT_VERBS: &str = r"write|writing|fix|fixing|convert|converting|implement|implementing|debug|debugging|explain|translate|refactor|optimi[sz]e|rewrite|generate|create|provide|show|find|look for|identify|correct|complete|modify|review|analy[sz]e|compile|run|execute|automate|automating|output of";
+const INTENT_VERBS: &str = r"write|writing|fix|fixing|convert|converting|turn|implement|implementing|debug|debugging|explain|translate|refactor|optimi[sz]e|rewrite|generate|create|provide|show|find|look for|identify|correct|complete|modify|review|analy[sz]e|compile|run|execute|automate|automating|output of";
 
 /// Nouns that make a sentence with an intent verb a coding request (narrower than
 /// [`CODE_NOUNS`]: `file`, `document`, `solution` are everyday words).
@@ -252,7 +252,7 @@ static INTENT: LazyLock<Regex> = LazyLock::new(|| {
 /// Convert … to/into a language.
 static CONVERT_TO: LazyLock<Regex> = LazyLock::new(|| {
     re(&format!(
-        r"(?i)\b(convert|converting|translate|translating|rewrite|port|porting|transform|turn)\b[^.?!\n]{{0,60}}?\b(to|into|in)\s+({LANGS})\b"
+        r"(?i)\b(convert|converting|translate|translating|rewrite|port|porting|transform|turn)\b[^.?!\n]{{0,60}}?\b(to|into|in)\s+(?:(?:a|an|the|some)\s+)?({LANGS})\b"
     ))
 });
 
