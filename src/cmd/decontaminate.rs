@@ -43,6 +43,10 @@ pub struct DecontaminateArgs {
     /// Leave non-English and coding test prompts out (dropped with their reason in audit).
     #[arg(long)]
     pub drop_flagged_tests: bool,
+    /// The coding-score threshold of the test-prompt flags (lower flags more; measure with
+    /// `koala testset check --threshold`).
+    #[arg(long, default_value_t = koala_pipeline::leakage::curation::DEFAULT_CODING_THRESHOLD)]
+    pub coding_threshold: f64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -120,6 +124,7 @@ pub fn run(args: DecontaminateArgs) -> Result<()> {
         threshold: args.threshold,
         lowercase: args.lowercase,
         drop_flagged_tests: args.drop_flagged_tests,
+        coding_threshold: args.coding_threshold,
     };
     cfg.validate()?;
     let df = read_table(&args.input)?;
@@ -210,6 +215,7 @@ mod tests {
             threshold: 20.0,
             lowercase: false,
             drop_flagged_tests: false,
+            coding_threshold: koala_pipeline::leakage::curation::DEFAULT_CODING_THRESHOLD,
         };
         run(args(DirectionArg::Decontaminate)).unwrap();
         let kept = read_parquet(&out.join("kept.parquet")).unwrap();

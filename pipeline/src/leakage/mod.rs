@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::bleu::BleuOptions;
 use crate::error::{Error, Result};
 use crate::schema::{self, col};
-pub use curation::{PromptFlags, flag_prompt};
+pub use curation::{FlagConfig, PromptFlags, flag_prompt, flag_prompt_with};
 pub use index::{Hypothesis, LeakIndex, PairHit, SearchStats};
 pub use testset::{TestFormat, TestPrompt, load_test_set, load_test_sets};
 
@@ -104,6 +104,10 @@ pub struct LeakageConfig {
     /// Leave flagged test prompts (non-English, coding) out of the comparison; in `audit` they
     /// are dropped with their reason (default false: flag only).
     pub drop_flagged_tests: bool,
+    /// The coding-score threshold of the test-prompt curation flags (default
+    /// [`curation::DEFAULT_CODING_THRESHOLD`]; lower flags more). Measure a choice with
+    /// `koala testset check --threshold`.
+    pub coding_threshold: f64,
 }
 
 impl Default for LeakageConfig {
@@ -119,6 +123,7 @@ impl Default for LeakageConfig {
             threshold: 20.0,
             lowercase: false,
             drop_flagged_tests: false,
+            coding_threshold: curation::DEFAULT_CODING_THRESHOLD,
         }
     }
 }
@@ -130,6 +135,12 @@ impl LeakageConfig {
             return Err(Error::Config(format!(
                 "leakage.threshold must be a finite number >= 0, got {}",
                 self.threshold
+            )));
+        }
+        if !self.coding_threshold.is_finite() {
+            return Err(Error::Config(format!(
+                "leakage.coding_threshold must be a finite number, got {}",
+                self.coding_threshold
             )));
         }
         Ok(())
@@ -268,7 +279,13 @@ pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Resu
     cfg.validate()?;
     let start = Instant::now();
     let prompts = first_user_turns(df)?;
-    let flags: Vec<PromptFlags> = tests.par_iter().map(|t| flag_prompt(&t.prompt)).collect();
+    let flag_cfg = FlagConfig {
+        coding_threshold: cfg.coding_threshold,
+    };
+    let flags: Vec<PromptFlags> = tests
+        .par_iter()
+        .map(|t| flag_prompt_with(&t.prompt, &flag_cfg))
+        .collect();
     let compared: Vec<usize> = (0..tests.len())
         .filter(|&i| !(cfg.drop_flagged_tests && (flags[i].non_english || flags[i].coding)))
         .collect();
