@@ -10,101 +10,23 @@
 //! `--token-file` the page shows the 401 and works once the token is typed (kept in localStorage
 //! only while "remember" is ticked). Screenshots go to `target/chat_page*.png`.
 //!
-//! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`;
-//! `scripts/test.sh` installs them when it runs as root). Without them the test prints a skip
-//! line and passes, except under CI (`CI` set), where it fails.
+//! Needs `chromium` and `chromedriver` (see `tests/common/browser.rs`).
+mod common;
+
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fantoccini::wd::Capabilities;
-use fantoccini::{Client, ClientBuilder, Locator};
+use common::browser::{
+    Cleanup, WAIT, browser_programs, js, open_session, screenshot, set_viewport,
+    start_chromedriver, target_dir,
+};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
-
-const SKIP: &str =
-    "skipped: chromium/chromedriver not installed (apt-get install chromium chromium-driver)";
-/// Longest wait for one thing on the page (a debug-built server on a busy 2-core machine).
-const WAIT: Duration = Duration::from_secs(90);
-
-/// `name` on PATH, else in /usr/bin.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// The `target` folder (the koala binary is `target/debug/koala`).
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_koala"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the koala binary lies in target/<profile>/")
-        .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills what the test started, also when it panics: the browser session first (chromedriver
-/// quits Chromium on `DELETE /session/ID`; killing chromedriver alone could leave it running),
-/// then chromedriver and the server. On a panic it prints the server's log.
-struct Cleanup {
-    children: Vec<(&'static str, Child)>,
-    driver_port: Option<u16>,
-    session: Option<String>,
-    server_logs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let (Some(port), Some(id)) = (self.driver_port, self.session.take()) {
-            // Plain HTTP: there may be no async runtime left while unwinding.
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-                let _ = write!(
-                    s,
-                    "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-                );
-                let _ = s.read_to_end(&mut Vec::new());
-            }
-        }
-        for (name, child) in self.children.iter_mut().rev() {
-            if let Err(e) = child.kill() {
-                eprintln!("could not kill {name}: {e}");
-            }
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for path in &self.server_logs {
-                let Ok(log) = std::fs::read_to_string(path) else {
-                    continue;
-                };
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(40)..];
-                eprintln!(
-                    "--- {} (last lines) ---\n{}",
-                    path.display(),
-                    tail.join("\n")
-                );
-            }
-        }
-    }
-}
 
 /// Starts `koala serve-model` on a free port with `extra` arguments, its stderr in
 /// `target/<log>`; returns its address from the listening line.
@@ -144,41 +66,6 @@ fn start_server(cleanup: &mut Cleanup, extra: &[&OsStr], log: &str) -> SocketAdd
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
 }
 
-/// Starts chromedriver on a free port and waits until it is ready.
-async fn start_chromedriver(cleanup: &mut Cleanup, chromedriver: &Path) -> u16 {
-    let port = free_port();
-    let log = std::fs::File::create(target_dir().join("chat_page_chromedriver.log")).unwrap();
-    let child = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start chromedriver");
-    cleanup.children.push(("chromedriver", child));
-    cleanup.driver_port = Some(port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let http = reqwest::Client::new();
-    loop {
-        let status = http
-            .get(format!("http://127.0.0.1:{port}/status"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if let Ok(resp) = status
-            && let Ok(body) = resp.json::<Value>().await
-            && body["value"]["ready"] == true
-        {
-            return port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not become ready on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs `script` in the page until it returns something other than null/false; returns that.
 /// Fails at once if the page's error banner shows (unless the banner is what we wait for).
 async fn wait_js(c: &Client, what: &str, script: &str) -> Value {
@@ -205,10 +92,6 @@ async fn wait_js_inner(c: &Client, what: &str, script: &str, error_expected: boo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn js(c: &Client, script: &str) -> Value {
-    c.execute(script, vec![]).await.unwrap()
 }
 
 async fn set_field(c: &Client, id: &str, value: &str) {
@@ -241,13 +124,6 @@ async fn wait_reply(c: &Client, n: usize) -> (String, String) {
     )
 }
 
-async fn screenshot(c: &Client, name: &str) {
-    let png = c.screenshot().await.unwrap();
-    let path = target_dir().join(name);
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
-}
-
 /// The non-streamed reply to `messages` with the page's settings at temperature 0.
 async fn direct_reply(base: &str, model: &str, messages: &Value, max_tokens: u64) -> Value {
     let resp = reqwest::Client::new()
@@ -274,68 +150,20 @@ async fn direct_reply(base: &str, model: &str, messages: &Value, max_tokens: u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_page_streams_stops_and_escapes() {
-    let (Some(chromium), Some(chromedriver)) =
-        (find_program("chromium"), find_program("chromedriver"))
-    else {
-        assert!(
-            !in_ci(),
-            "{SKIP}: CI must run this test (scripts/test.sh installs them)"
-        );
-        println!("{SKIP}");
+    let Some((chromium, chromedriver)) = browser_programs() else {
         return;
     };
 
-    let mut cleanup = Cleanup {
-        children: Vec::new(),
-        driver_port: None,
-        session: None,
-        server_logs: Vec::new(),
-    };
+    let mut cleanup = Cleanup::default();
     let addr = start_server(&mut cleanup, &[], "chat_page_server.log");
     let base = format!("http://{addr}");
-    let driver_port = start_chromedriver(&mut cleanup, &chromedriver).await;
-
-    let profile = tempfile::tempdir().unwrap();
-    let mut caps = Capabilities::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let c = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .expect("start a Chromium session through chromedriver");
-    cleanup.session = c.session_id().await.unwrap();
+    let driver_port =
+        start_chromedriver(&mut cleanup, &chromedriver, "chat_page_chromedriver.log").await;
+    let (c, _profile) = open_session(&mut cleanup, &chromium, driver_port).await;
 
     // ---- the page loads and lists the served model ----
     c.goto(&format!("{base}/")).await.unwrap();
-    // --window-size is the window's; make the page's viewport itself 1280×900.
-    let chrome = js(
-        &c,
-        "return [outerWidth - innerWidth, outerHeight - innerHeight]",
-    )
-    .await;
-    let extra = |i: usize| chrome[i].as_u64().unwrap() as u32;
-    c.set_window_size(1280 + extra(0), 900 + extra(1))
-        .await
-        .unwrap();
+    set_viewport(&c, 1280, 900).await;
     assert_eq!(c.title().await.unwrap(), "koala chat");
     let model = wait_js(
         &c,
@@ -526,9 +354,7 @@ async fn chat_page_streams_stops_and_escapes() {
     screenshot(&c, "chat_page_stopped.png").await;
 
     // A narrow window: the settings fold behind a button and the conversation still fits.
-    c.set_window_size(400 + extra(0), 800 + extra(1))
-        .await
-        .unwrap();
+    set_viewport(&c, 400, 800).await;
     let narrow = js(
         &c,
         "return [getComputedStyle(document.getElementById('settings')).display,
@@ -552,9 +378,7 @@ async fn chat_page_streams_stops_and_escapes() {
     .await;
     assert_eq!(opened, json!([true, "true"]));
     screenshot(&c, "chat_page_narrow_settings.png").await;
-    c.set_window_size(1280 + extra(0), 900 + extra(1))
-        .await
-        .unwrap();
+    set_viewport(&c, 1280, 900).await;
 
     // ---- a server that wants a bearer token: the page says so, then works with the token ----
     let secret = tempfile::tempdir().unwrap();

@@ -54,10 +54,15 @@ $("token-form").addEventListener("submit", (ev) => {
   start($("token").value.trim());
 });
 
-const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-if (m) {
+// A token in the fragment starts the page, on load and when only the fragment changes (which
+// does not reload the page).
+function fromHash() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return;
   const t = decodeURIComponent(m[1]);
   $("token").value = t;
   history.replaceState(null, "", location.pathname);
   start(t);
 }
+window.addEventListener("hashchange", fromHash);
+fromHash();

@@ -335,9 +335,21 @@ pub fn progress(path: &Path, conn: &Connection) -> Result<Progress> {
     q().map_err(|e| sql(path, e))
 }
 
+/// One vote as stored, before its text columns are checked.
+struct StoredVote {
+    prompt_id: String,
+    system_a: String,
+    system_b: String,
+    winner: String,
+    rater: String,
+    left: String,
+    ts: i64,
+    set: String,
+}
+
 /// Every vote as a rating row, by rater and position.
 pub fn export(path: &Path, conn: &Connection) -> Result<Vec<RatingRow>> {
-    let q = || -> rusqlite::Result<Vec<(String, String, String, String, String, String, i64, String)>> {
+    let q = || -> rusqlite::Result<Vec<StoredVote>> {
         let mut st = conn.prepare(
             "SELECT i.prompt_id, i.system_a, i.system_b, v.winner, v.rater, v.left_side, v.ts,
                     i.set_name
@@ -346,22 +358,32 @@ pub fn export(path: &Path, conn: &Connection) -> Result<Vec<RatingRow>> {
              ORDER BY r.idx, v.pos",
         )?;
         st.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
+            Ok(StoredVote {
+                prompt_id: r.get(0)?,
+                system_a: r.get(1)?,
+                system_b: r.get(2)?,
+                winner: r.get(3)?,
+                rater: r.get(4)?,
+                left: r.get(5)?,
+                ts: r.get(6)?,
+                set: r.get(7)?,
+            })
         })?
         .collect()
     };
     let rows = q().map_err(|e| sql(path, e))?;
     rows.into_iter()
-        .map(|(prompt_id, system_a, system_b, w, rater, l, ts, set)| {
+        .map(|v| {
+            let StoredVote {
+                prompt_id,
+                system_a,
+                system_b,
+                winner: w,
+                rater,
+                left: l,
+                ts,
+                set,
+            } = v;
             let winner = winner_from_str(&w).ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: vote of {rater} on {prompt_id} has winner {w:?}",
