@@ -11,7 +11,7 @@
 #   KOALA_LOOP_STEPS       training steps per model, about (default 100): each mixture gets the
 #                          whole epochs that come closest (the sample mixtures are tiny: 35 and 9
 #                          packed rows, 5 and 2 steps an epoch at the tiny-cpu preset's batch of 8)
-#   KOALA_LOOP_LIMIT       the first N prompts of the set (default: all 180)
+#   KOALA_LOOP_LIMIT       the first N prompts of the set (default: all that curation keeps)
 #   KOALA_LOOP_MAX_TOKENS  new tokens per answer (default 32)
 #   KOALA_LOOP_SET         koala | self-instruct | FILE (default koala)
 #   KOALA_LOOP_JUDGE       openai:BASE_URL#MODEL of a real judge (default: start the stand-in)

@@ -25,11 +25,11 @@ if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
   fi
 fi
 
-# The chat page's browser test (tests/chat_page.rs) drives headless Chromium through chromedriver;
-# it skips without them, and fails without them under CI.
+# The browser tests (tests/chat_page.rs, tests/eval_rate_page.rs) drive headless Chromium through
+# chromedriver; they skip without them, and fail without them under CI.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null; then
-    echo "warning: could not install chromium and chromium-driver; the chat page test will not run" >&2
+    echo "warning: could not install chromium and chromium-driver; the browser tests will not run" >&2
   fi
 fi
 

@@ -4,6 +4,8 @@
 //!   per-set tables), report.md and the chart files, the same bytes on a rerun;
 //! - the stand-in judge (examples/stand_in_judge.rs, served in-process) behind `eval judge`: the
 //!   verdicts follow its rule, both orders agree, a rerun is answered from the cache;
+//! - `eval generate`'s test-set curation: flagged prompts left out and listed with their reasons,
+//!   all answered with `--keep-flagged`;
 //! - scripts/eval-loop.sh end to end (train two tiny models, serve, answer, judge, report), made
 //!   small: 10 steps per model, 10 prompts.
 use std::collections::{BTreeMap, BTreeSet};
@@ -431,6 +433,74 @@ fn stand_in_judge_through_the_cli() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["echo", "verbose", "terse"]);
+}
+
+#[test]
+fn generate_leaves_out_flagged_prompts_and_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.jsonl");
+    let prompts = [
+        (
+            "p_plain",
+            "What are good ways to keep a sourdough starter alive over a long holiday?",
+        ),
+        (
+            "p_code",
+            "Write a Python function that reverses a linked list in place.",
+        ),
+        (
+            "p_es",
+            "¿Cuál es la mejor manera de aprender a tocar la guitarra siendo adulto?",
+        ),
+        (
+            "p_sky",
+            "Explain why the sky looks blue during the day and red at sunset.",
+        ),
+    ];
+    let set_rows: Vec<Value> = prompts
+        .iter()
+        .map(|(id, p)| serde_json::json!({"id": id, "prompt": p}))
+        .collect();
+    write_rows(&set, &set_rows);
+    let answers = dir.path().join("answers.jsonl");
+    let answer_rows: Vec<Value> = prompts
+        .iter()
+        .map(|(id, _)| serde_json::json!({"prompt_id": id, "response": format!("answer to {id}")}))
+        .collect();
+    write_rows(&answers, &answer_rows);
+    let system = format!("made=file:{}", answers.display());
+    let generate = |out: &Path, extra: &[&str]| {
+        let mut c = koala();
+        c.args(["eval", "generate", "--set"])
+            .arg(&set)
+            .args(["--system", &system, "--out"])
+            .arg(out)
+            .args(extra);
+        run_ok(&mut c);
+        let rows: Vec<ResponseRow> = read_jsonl(out).unwrap();
+        rows.into_iter()
+            .map(|r| r.prompt_id)
+            .collect::<BTreeSet<_>>()
+    };
+
+    let out = dir.path().join("responses.jsonl");
+    let answered = generate(&out, &[]);
+    assert_eq!(answered, BTreeSet::from(["p_plain".into(), "p_sky".into()]));
+    let dropped: Vec<Value> = std::fs::read_to_string(dir.path().join("responses.dropped.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dropped: Vec<(&str, &str)> = dropped
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(dropped, [("p_code", "coding"), ("p_es", "non_english")]);
+
+    let out = dir.path().join("all.jsonl");
+    let answered = generate(&out, &["--keep-flagged"]);
+    assert_eq!(answered.len(), 4, "{answered:?}");
+    assert!(!dir.path().join("all.dropped.jsonl").exists());
 }
 
 fn repo_root() -> PathBuf {

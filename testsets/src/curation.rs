@@ -595,9 +595,91 @@ pub fn flag_prompt_with(prompt: &str, cfg: &FlagConfig) -> PromptFlags {
     }
 }
 
+/// A test prompt that test-set curation dropped, with why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DroppedPrompt {
+    pub id: String,
+    /// `non_english`, `coding`, or `non_english+coding`.
+    pub reason: String,
+    pub flags: PromptFlags,
+}
+
+/// Koala's test-set curation on a whole set: the prompts kept (in order) and those dropped as
+/// non-English or coding, each with its flags. Every prompt is in exactly one of the two.
+///
+/// ```
+/// use koala_testsets::curation::{curate_set, FlagConfig};
+/// use koala_testsets::sets::EvalSet;
+/// let all = EvalSet::Koala.prompts();
+/// let (kept, dropped) = curate_set(all.clone(), &FlagConfig::default());
+/// assert_eq!(kept.len() + dropped.len(), all.len());
+/// assert!(dropped.iter().all(|d| d.flags.coding || d.flags.non_english));
+/// ```
+pub fn curate_set(
+    prompts: Vec<crate::TestPrompt>,
+    cfg: &FlagConfig,
+) -> (Vec<crate::TestPrompt>, Vec<DroppedPrompt>) {
+    let mut kept = Vec::with_capacity(prompts.len());
+    let mut dropped = Vec::new();
+    for p in prompts {
+        let flags = flag_prompt_with(&p.prompt, cfg);
+        let reason = match (flags.non_english, flags.coding) {
+            (false, false) => {
+                kept.push(p);
+                continue;
+            }
+            (true, false) => "non_english",
+            (false, true) => "coding",
+            (true, true) => "non_english+coding",
+        };
+        dropped.push(DroppedPrompt {
+            id: p.id,
+            reason: reason.to_string(),
+            flags,
+        });
+    }
+    (kept, dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curate_set_keeps_order_and_names_each_reason() {
+        let p = |id: &str, text: &str| crate::TestPrompt {
+            id: id.into(),
+            prompt: text.into(),
+            file: "t.jsonl".into(),
+            record: 1,
+        };
+        let set = vec![
+            p(
+                "a",
+                "What are good ways to keep a sourdough starter alive over a long holiday?",
+            ),
+            p(
+                "b",
+                "Write a Python function that reverses a linked list in place.",
+            ),
+            p(
+                "c",
+                "¿Cuál es la mejor manera de aprender a tocar la guitarra siendo adulto?",
+            ),
+            p(
+                "d",
+                "Explain why the sky looks blue during the day and red at sunset.",
+            ),
+        ];
+        let (kept, dropped) = curate_set(set, &FlagConfig::default());
+        let kept: Vec<_> = kept.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(kept, ["a", "d"]);
+        let dropped: Vec<_> = dropped
+            .iter()
+            .map(|d| (d.id.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(dropped, [("b", "coding"), ("c", "non_english")]);
+    }
 
     #[test]
     fn plain_english_is_not_flagged() {

@@ -1,12 +1,14 @@
 //! `koala eval generate`: answer an eval set with one or more systems (checkpoint directories,
 //! OpenAI-compatible endpoints, or files of answers), resumably. See koala_eval::generate.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use koala_eval::client::ClientConfig;
 use koala_eval::generate::{GenerateConfig, generate};
 use koala_eval::systems::{SystemOptions, open_system, parse_system};
+use koala_testsets::TestPrompt;
+use koala_testsets::curation::{DEFAULT_CODING_THRESHOLD, FlagConfig, curate_set};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,20 +37,75 @@ pub struct Args {
     /// Timeout of one request, in seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout_s: f64,
-    /// Only the first N prompts of the set.
+    /// Only the first N prompts of the set (after curation).
     #[arg(long)]
     limit: Option<usize>,
     /// Device of checkpoint systems: `cpu`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Answer every prompt. By default the prompts that Koala's test-set curation removes
+    /// (non-English, coding) are left out, and listed with their reasons in OUT's
+    /// `.dropped.jsonl` next to it.
+    #[arg(long)]
+    keep_flagged: bool,
+    /// The coding-score threshold of that curation (see docs/leakage.md).
+    #[arg(long, default_value_t = DEFAULT_CODING_THRESHOLD)]
+    coding_threshold: f64,
+}
+
+/// Where the prompts that curation left out are listed: `responses.jsonl` →
+/// `responses.dropped.jsonl`.
+fn dropped_path(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "responses".into());
+    out.with_file_name(format!("{stem}.dropped.jsonl"))
+}
+
+/// Koala's test-set curation on the prompts, unless `--keep-flagged`: writes the dropped ones
+/// (id and reason, with the flags) atomically, and returns the kept.
+fn curate(args: &Args, set: &str, prompts: Vec<TestPrompt>) -> Result<Vec<TestPrompt>> {
+    if args.keep_flagged {
+        return Ok(prompts);
+    }
+    if !(args.coding_threshold.is_finite() && args.coding_threshold > 0.0) {
+        bail!("--coding-threshold must be a positive number");
+    }
+    let cfg = FlagConfig {
+        coding_threshold: args.coding_threshold,
+    };
+    let n = prompts.len();
+    let (kept, dropped) = curate_set(prompts, &cfg);
+    let path = dropped_path(&args.out);
+    let mut text = String::new();
+    for d in &dropped {
+        text.push_str(&serde_json::to_string(d)?);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    let count = |r: &str| dropped.iter().filter(|d| d.reason == r).count();
+    eprintln!(
+        "{set}: test-set curation keeps {} of {n} prompts; drops {} non-English, {} coding, {} both \
+         (listed in {}; --keep-flagged answers all)",
+        kept.len(),
+        count("non_english"),
+        count("coding"),
+        count("non_english+coding"),
+        path.display()
+    );
+    Ok(kept)
 }
 
 pub fn run(args: Args) -> Result<()> {
     if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
         bail!("--timeout-s must be a positive number of seconds");
     }
-    let (set, mut prompts) =
+    let (set, prompts) =
         koala_testsets::sets::resolve(&args.set).with_context(|| format!("--set {}", args.set))?;
+    let mut prompts = curate(&args, &set, prompts)?;
     if let Some(n) = args.limit {
         prompts.truncate(n);
     }
