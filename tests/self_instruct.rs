@@ -517,10 +517,38 @@ fn whole_loop_teacher_to_trained_model() {
     let report = json_file(&t.join("curate/report.json"));
     let funnel = report["funnel"]["alpaca"].as_array().expect("funnel");
     assert_eq!(funnel[0][1].as_u64(), Some(kept.len() as u64), "{report}");
-    let train = std::fs::read_to_string(t.join("curate/train.jsonl")).expect("train.jsonl");
-    let first = kept[0]["instruction"].as_str().expect("s");
-    let eval = std::fs::read_to_string(t.join("curate/eval.jsonl")).unwrap_or_default();
-    assert!(train.contains(first) || eval.contains(first));
+    // Every text field of the exported rows, decoded (an instruction with quotes is escaped in
+    // the JSONL, so the raw file is no place to look for it).
+    let mut texts = String::new();
+    for file in ["curate/train.jsonl", "curate/eval.jsonl"] {
+        let body = std::fs::read_to_string(t.join(file)).unwrap_or_default();
+        for line in body.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("JSONL row");
+            for v in row.as_object().expect("row object").values() {
+                if let Some(s) = v.as_str() {
+                    texts.push_str(s);
+                    texts.push('\n');
+                }
+            }
+        }
+    }
+    let dropped = report["rows_dropped"].as_u64().expect("rows_dropped");
+    let missing: Vec<&str> = kept
+        .iter()
+        .map(|k| k["instruction"].as_str().expect("instruction"))
+        .filter(|i| !texts.contains(i))
+        .collect();
+    assert!(
+        missing.len() as u64 <= dropped,
+        "{} kept instructions are in neither train.jsonl nor eval.jsonl, but curation dropped \
+         {dropped} rows: {missing:?}\nfunnel: {}",
+        missing.len(),
+        report["funnel"]
+    );
+    assert!(
+        (missing.len() as u64) < kept.len() as u64,
+        "no kept instruction reached train.jsonl or eval.jsonl"
+    );
     ok(&koala()
         .args([
             "tokenize",
