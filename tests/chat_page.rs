@@ -14,16 +14,14 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::browser::{
     Cleanup, WAIT, browser_programs, js, open_session, screenshot, set_viewport,
-    start_chromedriver, target_dir,
+    start_chromedriver, start_listening,
 };
 use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
@@ -32,38 +30,12 @@ use serde_json::{Value, json};
 /// `target/<log>`; returns its address from the listening line.
 fn start_server(cleanup: &mut Cleanup, extra: &[&OsStr], log: &str) -> SocketAddr {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let log_path = target_dir().join(log);
-    let log = std::fs::File::create(&log_path).unwrap();
-    cleanup.server_logs.push(log_path);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_koala"))
-        .args(["serve-model", "--model"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_koala"));
+    cmd.args(["serve-model", "--model"])
         .arg(root.join("model/tests/fixtures/tiny_hf"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("start koala serve-model");
-    let stdout = child.stdout.take().unwrap();
-    cleanup.children.push(("koala serve-model", child));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next();
-        let _ = tx.send(first);
-        // Keep draining so that a chatty server never blocks on a full pipe.
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(WAIT) {
-        Ok(Some(Ok(line))) => line,
-        other => panic!("koala serve-model printed no listening line: {other:?}"),
-    };
-    let addr = line
-        .strip_prefix("koala serve-model: listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+        .args(extra);
+    start_listening(cleanup, "koala serve-model", cmd, log).1
 }
 
 /// Runs `script` in the page until it returns something other than null/false; returns that.

@@ -14,16 +14,14 @@
 //! Screenshots go to `target/eval_rate*.png`.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use common::browser::{
     Cleanup, WAIT, browser_programs, js, open_session, screenshot, set_viewport,
-    start_chromedriver, target_dir,
+    start_chromedriver, start_listening,
 };
 use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
@@ -65,41 +63,17 @@ fn write_responses(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-/// Starts `koala eval rate` on `listen`; returns the child and the address it printed.
+/// Starts `koala eval rate` on `listen`; returns the child's index in `cleanup` and the address it
+/// printed.
 fn start_rate(cleanup: &mut Cleanup, dir: &Path, listen: &str, log: &str) -> (usize, SocketAddr) {
-    let log_path = target_dir().join(log);
-    let logf = std::fs::File::create(&log_path).unwrap();
-    cleanup.server_logs.push(log_path);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_koala"))
-        .args(["eval", "rate", "--responses"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_koala"));
+    cmd.args(["eval", "rate", "--responses"])
         .arg(dir.join("responses.jsonl"))
         .arg("--db")
         .arg(dir.join("ratings.sqlite"))
         .args(["--listen", listen, "--seed", "5", "--token-file"])
-        .arg(dir.join("token"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(logf)
-        .spawn()
-        .expect("start koala eval rate");
-    let stdout = child.stdout.take().unwrap();
-    cleanup.children.push(("koala eval rate", child));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(WAIT) {
-        Ok(Some(Ok(line))) => line,
-        other => panic!("koala eval rate printed no listening line: {other:?}"),
-    };
-    let addr = line
-        .strip_prefix("koala eval rate: listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .unwrap();
-    (cleanup.children.len() - 1, addr)
+        .arg(dir.join("token"));
+    start_listening(cleanup, "koala eval rate", cmd, log)
 }
 
 fn kill9(cleanup: &mut Cleanup, index: usize) {

@@ -113,6 +113,46 @@ impl Drop for Cleanup {
     }
 }
 
+/// Starts a `koala` server command, its stderr in `target/<log>`, and waits for its first stdout
+/// line, `<what>: listening on http://ADDR`; returns ADDR and the child's index in `cleanup`.
+pub fn start_listening(
+    cleanup: &mut Cleanup,
+    what: &'static str,
+    mut cmd: std::process::Command,
+    log: &str,
+) -> (usize, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let log_path = target_dir().join(log);
+    let logf = std::fs::File::create(&log_path).unwrap();
+    cleanup.server_logs.push(log_path);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    cleanup.children.push((what, child));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep draining so that a chatty server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(WAIT) {
+        Ok(Some(Ok(line))) => line,
+        other => panic!("{what} printed no listening line: {other:?}"),
+    };
+    let addr = line
+        .strip_prefix(&format!("{what}: listening on http://"))
+        .unwrap_or_else(|| panic!("unexpected first line of {what}: {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+    (cleanup.children.len() - 1, addr)
+}
+
 /// Starts chromedriver on a free port (its log in `target/<log>`) and waits until it is ready.
 pub async fn start_chromedriver(cleanup: &mut Cleanup, chromedriver: &Path, log: &str) -> u16 {
     let port = free_port();
