@@ -157,6 +157,26 @@ fn koala_all_on_the_sample() {
     assert!(md.contains("## Funnel per source"));
     let svg = std::fs::read_to_string(out.join("composition.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("sharegpt"));
+    // A title, both axis titles, tick values and a legend entry per split, as SVG text.
+    let texts: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+        .map(|rest| rest.split('<').next().unwrap_or("").trim())
+        .collect();
+    for want in [
+        "Final mixture per source",
+        "conversations",
+        "source",
+        "train",
+        "eval",
+        "0",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.starts_with(want)),
+            "composition.svg has no text {want:?}: {texts:?}"
+        );
+    }
 
     // Same config, same input: byte-identical outputs. Another seed: another order.
     let again = tmp.path().join("b");

@@ -3,13 +3,11 @@
 //! percentages in the bars.
 //!
 //! Drawn with plotters into SVG (text as `<text>` elements, laid out with the shipped font's
-//! metrics) and PNG. The PNG's text is rasterised with `ab_glyph` from the shipped Liberation Sans
-//! (SIL OFL 1.1, `eval/fonts/`), so it needs no system font. (plotters' own `ab_glyph` feature
-//! would do the same, but features unify across the workspace and it would make every other
-//! plotters chart fail without a registered font, so the PNG's glyphs are drawn here.)
+//! metrics) and PNG. The PNG's text is drawn by `koala-chart` from the shipped Liberation Sans
+//! (SIL OFL 1.1, `chart/fonts/`), so it needs no system font.
 use std::path::Path;
 
-use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
+use koala_chart::Text;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -17,8 +15,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::PairRow;
 use crate::error::{Error, Result};
 
-/// Liberation Sans Regular (SIL Open Font License 1.1; see `eval/fonts/LICENSE-LiberationSans.txt`).
-pub static FONT: &[u8] = include_bytes!("../../fonts/LiberationSans-Regular.ttf");
+pub use koala_chart::FONT;
 
 /// The first system's wins.
 pub const WIN: RGBColor = RGBColor(46, 110, 184);
@@ -53,24 +50,8 @@ pub struct Layout {
     pub size: (u32, u32),
 }
 
-fn font() -> Result<FontRef<'static>> {
-    FontRef::try_from_slice(FONT).map_err(|e| Error::Invalid(format!("shipped font: {e}")))
-}
-
-/// Width in pixels of `text` at `px` in the shipped font.
-fn text_width(font: &FontRef<'_>, px: f32, text: &str) -> f32 {
-    let sf = font.as_scaled(PxScale::from(px));
-    let mut w = 0.0;
-    let mut prev = None;
-    for c in text.chars() {
-        let id = sf.glyph_id(c);
-        if let Some(p) = prev {
-            w += sf.kern(p, id);
-        }
-        w += sf.h_advance(id);
-        prev = Some(id);
-    }
-    w
+fn font() -> Result<Text> {
+    Text::new().map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// The row label of a pair.
@@ -83,7 +64,7 @@ pub fn layout(pairs: &[PairRow]) -> Result<Layout> {
     let f = font()?;
     let widest = pairs
         .iter()
-        .map(|p| text_width(&f, LABEL_PX, &row_label(p)))
+        .map(|p| f.width(LABEL_PX, &row_label(p)))
         .fold(120.0f32, f32::max);
     let bar_x0 = (MARGIN as f32 + widest + 14.0)
         .min(WIDTH as f32 * 0.55)
@@ -98,13 +79,7 @@ pub fn layout(pairs: &[PairRow]) -> Result<Layout> {
     })
 }
 
-/// Horizontal alignment of a text at its x.
-#[derive(Clone, Copy)]
-enum Align {
-    Left,
-    Center,
-    Right,
-}
+use koala_chart::Align;
 
 /// What the two outputs share: filled rectangles and one line of text vertically centred at `cy`.
 trait Canvas {
@@ -172,7 +147,7 @@ impl Canvas for Svg<'_> {
 
 struct Png<'a> {
     area: DrawingArea<BitMapBackend<'a>, Shift>,
-    font: FontRef<'static>,
+    font: Text,
 }
 
 impl Canvas for Png<'_> {
@@ -189,46 +164,9 @@ impl Canvas for Png<'_> {
         color: RGBColor,
         align: Align,
     ) -> Result<()> {
-        let scale = PxScale::from(px);
-        let sf = self.font.as_scaled(scale);
-        let w = text_width(&self.font, px, s);
-        let mut pen = match align {
-            Align::Left => x as f32,
-            Align::Center => x as f32 - w / 2.0,
-            Align::Right => x as f32 - w,
-        };
-        // Centre the digits' and capitals' height on cy.
-        let cap = sf.ascent() * 0.72;
-        let baseline = cy as f32 + cap / 2.0;
-        let mut prev = None;
-        for c in s.chars() {
-            let id = sf.glyph_id(c);
-            if let Some(p) = prev {
-                pen += sf.kern(p, id);
-            }
-            let glyph = id.with_scale_and_position(scale, point(pen, baseline));
-            pen += sf.h_advance(id);
-            prev = Some(id);
-            let Some(outline) = self.font.outline_glyph(glyph) else {
-                continue;
-            };
-            let bb = outline.px_bounds();
-            let mut failed = None;
-            outline.draw(|gx, gy, cov| {
-                if cov <= 0.0 || failed.is_some() {
-                    return;
-                }
-                let p = (bb.min.x as i32 + gx as i32, bb.min.y as i32 + gy as i32);
-                let c = color.mix(cov.min(1.0) as f64);
-                if let Err(e) = self.area.draw_pixel(p, &c) {
-                    failed = Some(e.to_string());
-                }
-            });
-            if let Some(e) = failed {
-                return Err(draw_err(e));
-            }
-        }
-        Ok(())
+        self.font
+            .draw(&self.area, s, (x, cy), px, &color, align)
+            .map_err(draw_err)
     }
 }
 
@@ -250,7 +188,7 @@ fn draw(c: &mut dyn Canvas, pairs: &[PairRow], title: &str, l: &Layout) -> Resul
     let f = font()?;
     let widths: Vec<i32> = items
         .iter()
-        .map(|(_, s)| text_width(&f, SMALL_PX, s).ceil() as i32 + 16 + 26)
+        .map(|(_, s)| f.width(SMALL_PX, s).ceil() as i32 + 16 + 26)
         .collect();
     let mut x = (w - widths.iter().sum::<i32>()) / 2;
     for ((color, s), dx) in items.iter().zip(&widths) {
@@ -308,7 +246,7 @@ fn draw(c: &mut dyn Canvas, pairs: &[PairRow], title: &str, l: &Layout) -> Resul
             }
             c.rect(x0, cy - BAR / 2, x1, cy + BAR / 2, fill)?;
             let label = percent(share);
-            if (x1 - x0) as f32 > text_width(&f, SMALL_PX, &label) + 8.0 {
+            if (x1 - x0) as f32 > f.width(SMALL_PX, &label) + 8.0 {
                 c.text(&label, (x0 + x1) / 2, cy, SMALL_PX, ink, Align::Center)?;
             }
         }

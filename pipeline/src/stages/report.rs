@@ -192,7 +192,7 @@ impl Report {
         let n = rows.len().max(1) as u32;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "Final mixture per source: train (blue) + eval (orange)",
+                "Final mixture per source: conversations in train and eval",
                 ("sans-serif", 20),
             )
             .margin(10)
@@ -210,30 +210,38 @@ impl Report {
                 _ => String::new(),
             })
             .x_desc("conversations")
+            .y_desc("source")
             .draw()
             .map_err(|e| err(e.to_string()))?;
         let train = RGBColor(31, 119, 180);
         let eval = RGBColor(255, 127, 14);
+        // One series per split, so that each gets its legend entry.
+        for (label, color, is_eval) in [("train", train, false), ("eval", eval, true)] {
+            chart
+                .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                    let i = i as u32;
+                    let (x0, x1) = if is_eval { (r.1, r.1 + r.2) } else { (0, r.1) };
+                    Rectangle::new(
+                        [
+                            (x0, SegmentValue::Exact(i)),
+                            (x1, SegmentValue::Exact(i + 1)),
+                        ],
+                        color.filled(),
+                    )
+                }))
+                .map_err(|e| err(e.to_string()))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
+        }
         chart
-            .draw_series(rows.iter().enumerate().flat_map(|(i, r)| {
-                let i = i as u32;
-                [
-                    Rectangle::new(
-                        [
-                            (0, SegmentValue::Exact(i)),
-                            (r.1, SegmentValue::Exact(i + 1)),
-                        ],
-                        train.filled(),
-                    ),
-                    Rectangle::new(
-                        [
-                            (r.1, SegmentValue::Exact(i)),
-                            (r.1 + r.2, SegmentValue::Exact(i + 1)),
-                        ],
-                        eval.filled(),
-                    ),
-                ]
-            }))
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
             .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
         Ok(())
