@@ -206,6 +206,50 @@ fn koala_all_on_the_sample() {
     );
 }
 
+/// The notebook path: an embedded preset and `curate_dir` in one call give what the CLI gives.
+#[test]
+fn curate_dir_with_an_embedded_preset_matches_the_cli() {
+    use koala_pipeline::prelude::{CurateConfig, curate_dir};
+    let tmp = tempfile::tempdir().unwrap();
+    let cli_out = tmp.path().join("cli");
+    assert!(curate("koala-all.toml", &cli_out, &[]).status.success());
+    let cli: Value =
+        serde_json::from_str(&std::fs::read_to_string(cli_out.join("report.json")).unwrap())
+            .unwrap();
+
+    let cfg = CurateConfig::preset("koala-all").unwrap();
+    let lib_out = tmp.path().join("lib");
+    let (out, report) = curate_dir(&cfg, &root().join("examples/data"), &lib_out).unwrap();
+    assert_eq!(report.rows_in, cli["rows_in"].as_u64().unwrap());
+    assert_eq!(report.rows_kept, cli["rows_kept"].as_u64().unwrap());
+    assert_eq!(report.rows_dropped, cli["rows_dropped"].as_u64().unwrap());
+    assert_eq!(out.kept.height() as u64, report.rows_kept);
+    assert_eq!(
+        serde_json::to_value(&report.funnel).unwrap(),
+        cli["funnel"],
+        "funnel"
+    );
+    for f in [
+        "kept.parquet",
+        "dropped.parquet",
+        "train.jsonl",
+        "eval.jsonl",
+    ] {
+        assert_eq!(
+            std::fs::read(lib_out.join(f)).unwrap(),
+            std::fs::read(cli_out.join(f)).unwrap(),
+            "{f} differs from the CLI's"
+        );
+    }
+    // Display is the Markdown report.
+    let text = report.to_string();
+    assert!(text.contains("## Funnel per source"), "{text}");
+    assert_eq!(
+        text,
+        std::fs::read_to_string(lib_out.join("report.md")).unwrap()
+    );
+}
+
 #[test]
 fn positive_only_preset_drops_every_negative() {
     let tmp = tempfile::tempdir().unwrap();

@@ -18,3 +18,24 @@ pub mod synth;
 pub mod tokenize;
 
 pub use error::{Error, Result};
+/// The polars this crate is built with, so that callers (notebooks) use the same version.
+pub use polars;
+
+/// What a notebook or a short program needs, in one `use koala_pipeline::prelude::*;`.
+///
+/// ```
+/// use koala_pipeline::prelude::*;
+/// let cfg = CurateConfig::preset("koala-all").unwrap();
+/// assert!(cfg.sources.len() > 1);
+/// let df: DataFrame = df!("source" => ["hc3", "oig", "hc3"]).unwrap();
+/// let hc3 = df.lazy().filter(col("source").eq(lit("hc3"))).collect().unwrap();
+/// assert_eq!(hc3.height(), 2);
+/// ```
+pub mod prelude {
+    pub use crate::sources::{LoadOptions, load_dir};
+    pub use crate::stages::config::{CurateConfig, PRESETS};
+    pub use crate::stages::report::Report;
+    pub use crate::stages::run::{CurateOutput, curate, curate_dir, write_outputs};
+    pub use crate::{Error, Result};
+    pub use polars::prelude::{DataFrame, IntoLazy, col, df, lit};
+}

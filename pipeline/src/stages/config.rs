@@ -85,7 +85,60 @@ fn default_seed() -> u64 {
     42
 }
 
+/// The shipped presets (`pipeline/presets/NAME.toml`), embedded: name and TOML text.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("chat_hc", include_str!("../../presets/chat_hc.toml")),
+    ("hf_pn", include_str!("../../presets/hf_pn.toml")),
+    ("hf_po", include_str!("../../presets/hf_po.toml")),
+    (
+        "instruct_pn",
+        include_str!("../../presets/instruct_pn.toml"),
+    ),
+    (
+        "instruct_po",
+        include_str!("../../presets/instruct_po.toml"),
+    ),
+    ("koala-all", include_str!("../../presets/koala-all.toml")),
+    (
+        "koala-distill",
+        include_str!("../../presets/koala-distill.toml"),
+    ),
+    (
+        "open_source_pn",
+        include_str!("../../presets/open_source_pn.toml"),
+    ),
+    (
+        "open_source_po",
+        include_str!("../../presets/open_source_po.toml"),
+    ),
+];
+
 impl CurateConfig {
+    /// A shipped preset by name (`koala-all`, `koala-distill`, …; see [`PRESETS`]), with no
+    /// file to find: what a notebook or a program outside the repository wants.
+    ///
+    /// ```
+    /// use koala_pipeline::stages::config::CurateConfig;
+    /// let cfg = CurateConfig::preset("koala-distill").unwrap();
+    /// assert_eq!(cfg.name, "koala-distill");
+    /// let e = CurateConfig::preset("koala-al").unwrap_err().to_string();
+    /// assert!(e.contains("koala-all"), "{e}");
+    /// ```
+    pub fn preset(name: &str) -> Result<Self> {
+        let stem = name.strip_suffix(".toml").unwrap_or(name);
+        match PRESETS.iter().find(|(n, _)| *n == stem) {
+            Some((n, text)) => Self::from_toml_str(text, &format!("preset {n}")),
+            None => Err(Error::Config(format!(
+                "no preset {name:?}; the shipped presets are {}",
+                PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
     /// Parses and validates a config; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
         let cfg: CurateConfig =
@@ -126,6 +179,29 @@ impl CurateConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_preset_file_is_embedded_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = PRESETS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(
+            embedded, files,
+            "PRESETS must list every file in pipeline/presets"
+        );
+        for (name, _) in PRESETS {
+            let from_file = CurateConfig::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(CurateConfig::preset(name).unwrap(), from_file, "{name}");
+        }
+        assert!(CurateConfig::preset("koala-all.toml").is_ok());
+    }
 
     #[test]
     fn unknown_nested_key_is_an_error() {

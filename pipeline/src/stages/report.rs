@@ -33,6 +33,14 @@ pub struct Report {
     pub export: Option<ExportCounts>,
 }
 
+/// The report as Markdown (the text of `report.md`): the funnel per source, the drops by
+/// stage and reason, the mixture.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_markdown())
+    }
+}
+
 impl Report {
     /// Builds the report of a run.
     pub fn build(

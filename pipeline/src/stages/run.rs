@@ -160,6 +160,37 @@ fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One call for a whole run, as `koala curate` does it without progress bars: loads every source
+/// under `input` (`DIR/<source>/…`), curates with `cfg`, and writes everything into `out`
+/// (malformed input records, if any, to `out/quarantine.jsonl`). Returns the tables and the
+/// report.
+///
+/// ```no_run
+/// use koala_pipeline::prelude::*;
+/// let cfg = CurateConfig::preset("koala-all")?;
+/// let (out, report) = curate_dir(&cfg, "examples/data".as_ref(), "out/curate".as_ref())?;
+/// println!("{report}");
+/// println!("{}", out.kept.head(Some(3)));
+/// # Ok::<(), koala_pipeline::Error>(())
+/// ```
+pub fn curate_dir(cfg: &CurateConfig, input: &Path, out: &Path) -> Result<(CurateOutput, Report)> {
+    let loaded = crate::sources::load_dir(input, &crate::sources::LoadOptions::default())?;
+    loaded.check_reconciled()?;
+    if !loaded.quarantine.is_empty() {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let q = out.join("quarantine.jsonl");
+        loaded.write_quarantine(&q)?;
+        tracing::warn!(
+            "{} malformed input records quarantined in {}",
+            loaded.quarantine.len(),
+            q.display()
+        );
+    }
+    let mut result = curate(cfg, loaded.table, None)?;
+    let report = write_outputs(cfg, &mut result, out)?;
+    Ok((result, report))
+}
+
 /// Writes `kept.parquet`, `dropped.parquet`, the JSONL export, `report.json`, `report.md` and
 /// `composition.svg` into `dir`, and re-checks the invariant on the files written.
 pub fn write_outputs(cfg: &CurateConfig, out: &mut CurateOutput, dir: &Path) -> Result<Report> {
