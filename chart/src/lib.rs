@@ -163,6 +163,36 @@ pub fn tick_label(v: f64, step: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Counts the dark pixels (mean of R, G, B under 110) in the rectangle `x` × `y` of a PNG file,
+/// and returns them with the image's size: how tests check that a chart's text areas are drawn.
+pub fn dark_pixels(
+    path: &std::path::Path,
+    x: std::ops::Range<u32>,
+    y: std::ops::Range<u32>,
+) -> Result<(usize, (u32, u32)), Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Draw(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut reader = png::Decoder::new(file).read_info().map_err(|e| bad(&e))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+    let ch = info.color_type.samples();
+    if ch < 3 || x.end > info.width || y.end > info.height {
+        return Err(bad(&format!(
+            "want RGB and {x:?} × {y:?} inside {}×{}",
+            info.width, info.height
+        )));
+    }
+    let mut n = 0;
+    for yy in y {
+        for xx in x.clone() {
+            let i = (yy as usize * info.width as usize + xx as usize) * ch;
+            let lum = (buf[i] as u32 + buf[i + 1] as u32 + buf[i + 2] as u32) / 3;
+            n += (lum < 110) as usize;
+        }
+    }
+    Ok((n, (info.width, info.height)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -223,20 +223,7 @@ fn dark_pixels(
     x: std::ops::Range<u32>,
     y: std::ops::Range<u32>,
 ) -> (usize, (u32, u32)) {
-    let dec = png::Decoder::new(std::fs::File::open(path).unwrap());
-    let mut reader = dec.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let ch = info.color_type.samples();
-    let mut n = 0;
-    for yy in y {
-        for xx in x.clone() {
-            let i = (yy * info.width + xx) as usize * ch;
-            let lum = (buf[i] as u32 + buf[i + 1] as u32 + buf[i + 2] as u32) / 3;
-            n += (lum < 110) as usize;
-        }
-    }
-    (n, (info.width, info.height))
+    koala_chart::dark_pixels(path, x, y).unwrap()
 }
 
 #[test]

@@ -175,26 +175,14 @@ fn draw(
 mod tests {
     use super::*;
 
-    /// Dark pixels (mean channel < 110) in a rectangle of a PNG, and the image size.
+    /// Dark pixels in a rectangle of the PNG, and the image size.
     fn dark_pixels(
         path: &Path,
         x: std::ops::Range<i32>,
         y: std::ops::Range<i32>,
     ) -> (usize, (u32, u32)) {
-        let dec = png::Decoder::new(std::fs::File::open(path).unwrap());
-        let mut reader = dec.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        let ch = info.color_type.samples();
-        let mut n = 0;
-        for yy in y {
-            for xx in x.clone() {
-                let i = (yy as usize * info.width as usize + xx as usize) * ch;
-                let lum = (buf[i] as u32 + buf[i + 1] as u32 + buf[i + 2] as u32) / 3;
-                n += (lum < 110) as usize;
-            }
-        }
-        (n, (info.width, info.height))
+        let r = |r: std::ops::Range<i32>| r.start as u32..r.end as u32;
+        koala_chart::dark_pixels(path, r(x), r(y)).unwrap()
     }
 
     fn history(n: u64) -> Vec<MetricRecord> {
