@@ -191,10 +191,11 @@ pub fn job(args: JobArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(client::ClientError::from)?
                 .into_inner();
-            println!("  step      loss        lr          tokens/s");
+            println!("  step      loss        lr          tokens/s  val loss");
             for p in m.points {
+                let val = p.val_loss.map(|v| format!("{v:.5}")).unwrap_or_default();
                 println!(
-                    "  {:<9} {:<11.5} {:<11.3e} {:.0}",
+                    "  {:<9} {:<11.5} {:<11.3e} {:<9.0} {val}",
                     p.step, p.loss, p.lr, p.tokens_per_s
                 );
             }
@@ -221,7 +222,10 @@ pub fn job(args: JobArgs) -> anyhow::Result<()> {
                     Some(Kind::StateChanged(s)) => {
                         format!("{} {}", client::state_name(s.state()), s.message)
                     }
-                    Some(Kind::Progress(p)) => format!("step {} loss {:.5}", p.step, p.loss),
+                    Some(Kind::Progress(p)) => match p.val_loss {
+                        Some(v) => format!("step {} loss {:.5} val_loss {v:.5}", p.step, p.loss),
+                        None => format!("step {} loss {:.5}", p.step, p.loss),
+                    },
                     Some(Kind::Checkpoint(cp)) => format!("checkpoint {} {}", cp.step, cp.path),
                     Some(Kind::Error(e)) => format!("error {}", e.message),
                     None => continue,

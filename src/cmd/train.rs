@@ -51,8 +51,15 @@ impl Observer for Progress {
                 lr,
                 tokens_per_s,
                 eta_s,
+                val_loss,
                 ..
             } => {
+                if let Some(v) = val_loss {
+                    self.bar.println(format!(
+                        "step {step}: validation loss {v:.4} (perplexity {:.2})",
+                        (*v as f64).exp()
+                    ));
+                }
                 self.bar.set_position(*step);
                 self.bar.set_message(format!(
                     "loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s  ETA {}",

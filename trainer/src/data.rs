@@ -58,6 +58,37 @@ impl Dataset {
         Ok(Dataset { rows })
     }
 
+    /// Reads the shards of the manifest's split `split` (for example `eval`, the held-out rows
+    /// `koala curate` set aside); `None` when `dir` has no manifest or the manifest no such split.
+    pub fn open_split(dir: &Path, split: &str) -> Result<Option<Self>> {
+        let manifest = dir.join("manifest.json");
+        if !manifest.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&manifest, e))?;
+        let Some(list) = v
+            .get("splits")
+            .and_then(|s| s.get(split))
+            .and_then(|s| s.get("files"))
+            .and_then(|l| l.as_array())
+        else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let name = item
+                .as_str()
+                .or_else(|| item.get("path").and_then(|x| x.as_str()))
+                .ok_or_else(|| {
+                    Error::format(&manifest, format!("splits.{split}.files[{i}]: no path"))
+                })?;
+            read_shard(&dir.join(name), &mut rows)?;
+        }
+        Ok((!rows.is_empty()).then_some(Dataset { rows }))
+    }
+
     /// Total number of tokens.
     pub fn n_tokens(&self) -> usize {
         self.rows.iter().map(|r| r.tokens.len()).sum()

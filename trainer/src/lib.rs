@@ -19,6 +19,7 @@ pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod tensorboard;
 pub mod train;
 pub mod weights;
 

@@ -2,8 +2,9 @@
 //! with round tick values, and a legend, drawn in the shipped font by `koala-chart` (no system
 //! font needed).
 //!
-//! Blue is the per-step training loss, orange its moving average over 20 steps. The axis ranges
-//! also go into the returned summary, which `run` puts in `report.json`.
+//! Blue is the per-step training loss, orange its moving average over 20 steps, green (with a
+//! dot per measurement) the validation loss when the run measured one. The axis ranges also go
+//! into the returned summary, which `run` puts in `report.json`.
 use std::path::Path;
 
 use koala_chart::{Align, Text, tick_label, ticks};
@@ -24,6 +25,7 @@ const INK: RGBColor = RGBColor(20, 20, 20);
 const GRID: RGBColor = RGBColor(228, 228, 228);
 const RAW: RGBColor = RGBColor(46, 110, 184);
 const AVG: RGBColor = RGBColor(240, 130, 20);
+const VAL: RGBColor = RGBColor(30, 150, 60);
 const TITLE_PX: f32 = 20.0;
 const LABEL_PX: f32 = 15.0;
 const TICK_PX: f32 = 13.0;
@@ -39,9 +41,22 @@ pub fn loss_curve(path: &Path, history: &[MetricRecord]) -> Result<serde_json::V
     if pts.is_empty() {
         return Ok(serde_json::json!(null));
     }
+    let val: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
+        .filter(|p| p.1.is_finite())
+        .collect();
     let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
-    let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let lo = pts
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min);
+    let hi = pts
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .fold(f64::NEG_INFINITY, f64::max);
     let (y0, y1) = (lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3));
     let smooth: Vec<(f64, f64)> = (0..pts.len())
         .map(|i| {
@@ -50,7 +65,7 @@ pub fn loss_curve(path: &Path, history: &[MetricRecord]) -> Result<serde_json::V
             (pts[i].0, m)
         })
         .collect();
-    draw(path, &pts, &smooth, (x0, x1), (y0, y1))
+    draw(path, &pts, &smooth, &val, (x0, x1), (y0, y1))
         .map_err(|e| Error::format(path, format!("plot: {e}")))?;
     Ok(serde_json::json!({"path": path, "x_steps": [x0, x1], "y_loss": [y0, y1]}))
 }
@@ -59,6 +74,7 @@ fn draw(
     path: &Path,
     pts: &[(f64, f64)],
     smooth: &[(f64, f64)],
+    val: &[(f64, f64)],
     (x0, x1): (f64, f64),
     (y0, y1): (f64, f64),
 ) -> std::result::Result<(), String> {
@@ -119,17 +135,29 @@ fn draw(
             ShapeStyle::from(&AVG).stroke_width(2),
         ))
         .map_err(|x| e(&x))?;
+    if !val.is_empty() {
+        chart
+            .draw_series(LineSeries::new(
+                val.iter().copied(),
+                ShapeStyle::from(&VAL).stroke_width(2),
+            ))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(
+                val.iter()
+                    .map(|&p| Circle::new(p, 4, ShapeStyle::from(&VAL).filled())),
+            )
+            .map_err(|x| e(&x))?;
+    }
 
     // Titles: the chart's, the x axis' under its tick labels, the y axis' above its ticks.
-    text.draw(
-        &root,
-        "Training loss",
-        (left, 22),
-        TITLE_PX,
-        &INK,
-        Align::Left,
-    )
-    .map_err(|x| e(&x))?;
+    let title = if val.is_empty() {
+        "Training loss"
+    } else {
+        "Training and validation loss"
+    };
+    text.draw(&root, title, (left, 22), TITLE_PX, &INK, Align::Left)
+        .map_err(|x| e(&x))?;
     text.draw(
         &root,
         "step",
@@ -150,10 +178,13 @@ fn draw(
     .map_err(|x| e(&x))?;
 
     // Legend, top right above the plot.
-    let entries = [
+    let mut entries = vec![
         ("loss per step", RAW, 1),
         ("moving average (20 steps)", AVG, 2),
     ];
+    if !val.is_empty() {
+        entries.push(("validation loss", VAL, 2));
+    }
     let mut x = right;
     for (label, color, width) in entries.iter().rev() {
         let w = text.width(LABEL_PX, label).ceil() as i32;
@@ -195,6 +226,7 @@ mod tests {
                 tokens: 1024,
                 tokens_per_s: 1000.0,
                 elapsed_s: step as f64,
+                val_loss: (step % 50 == 0).then_some(7.3 / (1.0 + step as f32 / 40.0)),
             })
             .collect()
     }

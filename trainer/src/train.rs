@@ -17,9 +17,9 @@ use crate::dp::{self, DpAdamW, Plan, Solo};
 use crate::hparams::{Hyper, LossMode};
 use crate::model::{Inputs, Llama};
 use crate::optim::AdamW;
-use crate::plot;
 use crate::weights::{self, Tensors};
 use crate::{Error, Result};
+use crate::{plot, tensorboard};
 
 /// A training run, as read from `train.toml`. Relative paths are relative to the working
 /// directory. Unknown keys are errors.
@@ -77,6 +77,17 @@ pub struct TrainConfig {
     /// Stop after this many optimizer steps (the schedule still spans the full run).
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// The shard split whose held-out loss is measured: `auto` (default: `eval`, else
+    /// `validation`, else `val`, when the shards have one), a split name, or `none`.
+    #[serde(default = "default_val_split")]
+    pub val_split: String,
+    /// Measure the validation loss every this many optimizer steps, and always at the end
+    /// (0: only at the end).
+    #[serde(default = "default_val_every")]
+    pub val_every: u64,
+    /// Validation rows at most: the split's first rows (`koala tokenize` shuffled them).
+    #[serde(default = "default_val_max_rows")]
+    pub val_max_rows: usize,
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -84,6 +95,18 @@ fn default_checkpoint_every() -> u64 {
 }
 fn default_keep() -> usize {
     3
+}
+/// The default of [`TrainConfig::val_split`].
+pub fn default_val_split() -> String {
+    "auto".into()
+}
+/// The default of [`TrainConfig::val_every`].
+pub fn default_val_every() -> u64 {
+    100
+}
+/// The default of [`TrainConfig::val_max_rows`].
+pub fn default_val_max_rows() -> usize {
+    64
 }
 fn default_device() -> String {
     "cpu".into()
@@ -120,6 +143,8 @@ pub enum TrainEvent {
         lr: f32,
         tokens_per_s: f64,
         eta_s: f64,
+        /// The validation loss measured after this step, when one was due.
+        val_loss: Option<f32>,
     },
     Checkpoint {
         step: u64,
@@ -443,6 +468,8 @@ struct Prepared {
     hyper: Hyper,
     hash: String,
     ds: Dataset,
+    /// The validation rows and the split they came from.
+    val: Option<(String, Dataset)>,
     total_steps: u64,
     stop_at: u64,
     mcfg: LlamaConfig,
@@ -524,10 +551,12 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
     }
     let metrics_path = out.join("metrics.jsonl");
     let history = read_metrics(&metrics_path, resumed_from.unwrap_or(0))?;
+    let val = validation_rows(cfg, vocab)?;
     Ok(Prepared {
         hyper,
         hash,
         ds,
+        val,
         total_steps,
         stop_at,
         mcfg,
@@ -539,6 +568,58 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
         ckpt_root,
         metrics_path,
     })
+}
+
+/// The scalars of a step in TensorBoard: training loss, learning rate, gradient norm,
+/// throughput, and the validation loss and perplexity when measured.
+fn tb_values(r: &MetricRecord) -> Vec<(&'static str, f32)> {
+    let mut v = vec![
+        ("loss/train", r.loss),
+        ("lr", r.lr),
+        ("grad_norm", r.grad_norm as f32),
+        ("tokens_per_s", r.tokens_per_s as f32),
+    ];
+    if let Some(l) = r.val_loss {
+        v.push(("loss/validation", l));
+        v.push(("perplexity/validation", l.exp()));
+    }
+    v
+}
+
+/// The validation split's first `val_max_rows` rows, per [`TrainConfig::val_split`].
+fn validation_rows(cfg: &TrainConfig, vocab: usize) -> Result<Option<(String, Dataset)>> {
+    let names: Vec<&str> = match cfg.val_split.as_str() {
+        "none" | "" => return Ok(None),
+        "auto" => vec!["eval", "validation", "val"],
+        name => vec![name],
+    };
+    for name in &names {
+        if let Some(mut ds) = Dataset::open_split(&cfg.shards, name)? {
+            ds.rows.truncate(cfg.val_max_rows.max(1));
+            if let Some((i, bad)) = ds.rows.iter().enumerate().find_map(|(i, r)| {
+                r.tokens
+                    .iter()
+                    .find(|&&t| t as usize >= vocab)
+                    .map(|&t| (i, t))
+            }) {
+                return Err(Error::format(
+                    &cfg.shards,
+                    format!("split {name}, row {i}: token id {bad} >= vocab_size {vocab}"),
+                ));
+            }
+            return Ok(Some((name.to_string(), ds)));
+        }
+    }
+    if cfg.val_split != "auto" {
+        return Err(Error::format(
+            &cfg.shards,
+            format!(
+                "val_split = {:?}: the manifest has no such split",
+                cfg.val_split
+            ),
+        ));
+    }
+    Ok(None)
 }
 
 /// [`run`] on a given backend, with one worker.
@@ -610,8 +691,21 @@ fn train_rank<B: Backend, C: Communicator<B>>(
     } else {
         Vec::new()
     };
+    // TensorBoard mirrors metrics.jsonl: rewritten from the history, then a record per step.
+    let mut tb = if lead {
+        let mut w = tensorboard::EventWriter::create(&cfg.out_dir.join("tensorboard"))?;
+        let now = tensorboard::wall_time();
+        for r in &history {
+            w.scalars(r.step, now, &tb_values(r))?;
+        }
+        w.flush()?;
+        Some(w)
+    } else {
+        None
+    };
     let mut step = opt.step();
     let mut last_loss = prep.last_loss;
+    let mut last_val_loss: Option<f32> = prep.history.iter().rev().find_map(|r| r.val_loss);
     let t0 = Instant::now();
     let mut tokens_done = 0usize;
     // A collective: every rank calls it; rank 0 writes and gets the path.
@@ -672,6 +766,25 @@ fn train_rank<B: Backend, C: Communicator<B>>(
         step += 1;
         last_loss = loss;
         tokens_done += tokens;
+        let val_due = step == stop_at || (cfg.val_every > 0 && step % cfg.val_every == 0);
+        let val_loss = match &prep.val {
+            Some((_, vds)) if val_due => {
+                // The training loss function on the held-out rows, split across the workers
+                // like a batch. It runs the backward too; the gradients are discarded (the next
+                // step zeroes them first).
+                let rows: Vec<&Row> = vds.rows.iter().collect();
+                let local = local_grads(be, &mut model, &rows, hyper, rank, world);
+                let (mut l, _) = dp::agree(comm, local)?;
+                if world > 1 {
+                    l = comm.all_reduce_scalar(l, ReduceOp::Sum)?;
+                }
+                Some(l as f32)
+            }
+            _ => None,
+        };
+        if val_loss.is_some() {
+            last_val_loss = val_loss;
+        }
         let written = match obs.as_deref_mut() {
             Some(o) => (|| {
                 let elapsed = t0.elapsed().as_secs_f64();
@@ -686,8 +799,13 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                     tokens,
                     tokens_per_s,
                     elapsed_s: elapsed,
+                    val_loss,
                 };
                 append_metric(&prep.metrics_path, &rec)?;
+                if let Some(w) = tb.as_mut() {
+                    w.scalars(step, tensorboard::wall_time(), &tb_values(&rec))?;
+                    w.flush()?;
+                }
                 history.push(rec);
                 o.event(&TrainEvent::Step {
                     step,
@@ -696,6 +814,7 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                     lr,
                     tokens_per_s,
                     eta_s,
+                    val_loss,
                 });
                 Ok(())
             })(),
@@ -736,6 +855,11 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                 "steps": step,
                 "total_steps": total_steps,
                 "final_loss": last_loss,
+                "final_val_loss": last_val_loss,
+                "final_val_perplexity": last_val_loss.map(|l| (l as f64).exp()),
+                "val_split": prep.val.as_ref().map(|(name, ds)| {
+                    serde_json::json!({"split": name, "rows": ds.rows.len()})
+                }),
                 "final_model": final_dir,
                 "metrics": prep.metrics_path,
                 "loss_curve": curve,
@@ -774,6 +898,9 @@ pub struct MetricRecord {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// The validation loss measured after this step (only on steps where one was due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f32>,
 }
 
 /// Reads `metrics.jsonl`, keeping records up to `upto` and rewriting the file without later ones

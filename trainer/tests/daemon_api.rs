@@ -77,6 +77,11 @@ async fn job_runs_to_success_with_events_metrics_and_checkpoints() {
         vec![1, 2, 3, 4, 5]
     );
     assert_eq!(m.points[1].loss, 5.0);
+    // The validation loss the run reported (on even steps) is kept per step, and only there.
+    assert_eq!(
+        m.points.iter().map(|p| p.val_loss).collect::<Vec<_>>(),
+        vec![None, Some(10.0), None, Some(5.0), None]
+    );
     // Watching a finished job replays its history and ends; after_seq skips.
     let mut s2 = c
         .watch_job(WatchJobRequest {

@@ -319,6 +319,13 @@ pub async fn watch(client: &mut Client, id: u64, bar: bool) -> Result<Job, Clien
                 say(format!("job {id}: {} {}", state_name(s.state()), s.message))
             }
             Some(Kind::Progress(p)) => {
+                if let Some(v) = p.val_loss {
+                    say(format!(
+                        "job {id}: step {}: validation loss {v:.4} (perplexity {:.2})",
+                        p.step,
+                        (v as f64).exp()
+                    ));
+                }
                 if bar {
                     pb.set_length(p.total_steps);
                     pb.set_position(p.step);

@@ -286,6 +286,7 @@ impl RunSink for JobSink<'_> {
                 lr,
                 tokens_per_s,
                 eta_s,
+                val_loss,
             } => {
                 let p = StepProgress {
                     step,
@@ -294,6 +295,7 @@ impl RunSink for JobSink<'_> {
                     lr,
                     tokens_per_s,
                     eta_s,
+                    val_loss,
                 };
                 let r = store.record_progress(self.id, &p);
                 if r.is_ok() {

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS metrics (
   lr REAL NOT NULL,
   tokens_per_s REAL NOT NULL,
   time_ms INTEGER NOT NULL,
+  val_loss REAL,
   PRIMARY KEY (job_id, step)
 ) WITHOUT ROWID;
 ";
@@ -158,6 +159,15 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases made before the validation loss existed lack its column.
+        let has_val: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE name = 'val_loss'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_val {
+            conn.execute_batch("ALTER TABLE metrics ADD COLUMN val_loss REAL")?;
+        }
         let mut jobs = BTreeMap::new();
         {
             let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs"))?;
@@ -490,15 +500,16 @@ impl Store {
                     ],
                 )?;
                 tx.execute(
-                "INSERT OR REPLACE INTO metrics (job_id, step, loss, lr, tokens_per_s, time_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO metrics (job_id, step, loss, lr, tokens_per_s, time_ms, val_loss) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     id as i64,
                     p.step as i64,
                     p.loss as f64,
                     p.lr as f64,
                     p.tokens_per_s,
-                    now
+                    now,
+                    p.val_loss.map(f64::from)
                 ],
             )?;
                 append_event(tx, id, Kind::Progress(*p))
@@ -644,7 +655,7 @@ impl Store {
     pub fn metrics(&self, id: u64) -> Result<Vec<MetricPoint>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT step, loss, lr, tokens_per_s, time_ms FROM metrics WHERE job_id = ?1 ORDER BY step",
+                "SELECT step, loss, lr, tokens_per_s, time_ms, val_loss FROM metrics WHERE job_id = ?1 ORDER BY step",
             )?;
             let rows = stmt.query_map([id as i64], |r| {
                 Ok(MetricPoint {
@@ -653,6 +664,7 @@ impl Store {
                     lr: r.get::<_, f64>(2)? as f32,
                     tokens_per_s: r.get(3)?,
                     time_ms: r.get(4)?,
+                    val_loss: r.get::<_, Option<f64>>(5)?.map(|v| v as f32),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -778,6 +790,7 @@ mod tests {
                 lr: 1e-3,
                 tokens_per_s: 100.0,
                 eta_s: 1.0,
+                val_loss: (step == 2).then_some(4.5),
             };
             s.record_progress(job.id, &p).unwrap();
         }
@@ -804,6 +817,7 @@ mod tests {
         let m = s.metrics(job.id).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[1].loss, 9.0);
+        assert_eq!((m[0].val_loss, m[1].val_loss), (None, None));
         s.finish(job.id, JobState::Succeeded, "done", Some((4, 0.5)))
             .unwrap();
         let evs = s.events_after(job.id, 0).unwrap();

@@ -136,6 +136,9 @@ pub fn train_config(
             spec.checkpoint_every
         },
         keep_checkpoints: KEEP_CHECKPOINTS,
+        val_split: crate::train::default_val_split(),
+        val_every: crate::train::default_val_every(),
+        val_max_rows: crate::train::default_val_max_rows(),
         device: if spec.devices.is_empty() {
             "cpu".into()
         } else {
@@ -246,6 +249,9 @@ mod tests {
             workers: 0,
             zero1: false,
             max_steps: None,
+            val_split: "none".into(),
+            val_every: 0,
+            val_max_rows: 1,
         };
         let hy = cfg.hyper().unwrap();
         assert_eq!(
