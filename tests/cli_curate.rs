@@ -248,6 +248,29 @@ fn curate_dir_with_an_embedded_preset_matches_the_cli() {
         text,
         std::fs::read_to_string(lib_out.join("report.md")).unwrap()
     );
+    // The notebook view: funnel, drops by reason, and the chart inline.
+    let html = report.to_html();
+    for want in [
+        "Funnel per source",
+        "Dropped, by stage and reason",
+        "<svg",
+        "sharegpt",
+    ] {
+        assert!(html.contains(want), "to_html lacks {want:?}");
+    }
+    let mut reasons = 0;
+    for st in &report.stages {
+        for (reason, n) in &st.dropped {
+            if *n > 0 {
+                reasons += 1;
+                assert!(
+                    html.contains(&format!("<td>{reason}</td><td>{n}</td>")),
+                    "{reason}"
+                );
+            }
+        }
+    }
+    assert!(reasons > 0, "the sample drops rows for some reason");
 }
 
 #[test]

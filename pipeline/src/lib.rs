@@ -9,6 +9,7 @@ pub mod error;
 /// and `koala_format::…` name the same items).
 pub use koala_format as format;
 pub mod leakage;
+pub mod notebook;
 pub mod rouge;
 pub mod schema;
 pub mod selfinstruct;
@@ -32,6 +33,7 @@ pub use polars;
 /// assert_eq!(hc3.height(), 2);
 /// ```
 pub mod prelude {
+    pub use crate::notebook::{html_table, reseat, show};
     pub use crate::sources::{LoadOptions, load_dir};
     pub use crate::stages::config::{CurateConfig, PRESETS};
     pub use crate::stages::report::Report;

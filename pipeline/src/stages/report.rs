@@ -169,6 +169,79 @@ impl Report {
         s
     }
 
+    /// The report as HTML for a notebook: the run's totals, the funnel per source, the drops per
+    /// stage and reason, and the composition chart inline (SVG).
+    pub fn to_html(&self) -> String {
+        use crate::notebook::escape;
+        let mut h = format!(
+            "<div><h3>Curation report: {}</h3><p>seed {} · {} rows in → {} kept + {} dropped \
+             (invariant {})</p>",
+            escape(if self.config.is_empty() {
+                "(unnamed)"
+            } else {
+                &self.config
+            }),
+            self.seed,
+            self.rows_in,
+            self.rows_kept,
+            self.rows_dropped,
+            if self.invariant_holds {
+                "holds"
+            } else {
+                "BROKEN"
+            }
+        );
+        h.push_str("<h4>Funnel per source</h4><table><tr><th>source</th>");
+        if let Some(steps) = self.funnel.values().next() {
+            for (st, _) in steps {
+                h.push_str(&format!("<th>{}</th>", escape(st)));
+            }
+        }
+        h.push_str("</tr>");
+        for (src, steps) in &self.funnel {
+            h.push_str(&format!("<tr><td>{}</td>", escape(src)));
+            for (_, n) in steps {
+                h.push_str(&format!("<td style=\"text-align:right\">{n}</td>"));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table><h4>Dropped, by stage and reason</h4><table><tr><th>stage</th><th>in</th><th>kept</th><th>reason</th><th>rows</th></tr>");
+        for st in &self.stages {
+            let reasons: Vec<(&String, &u64)> =
+                st.dropped.iter().filter(|(_, n)| **n > 0).collect();
+            if reasons.is_empty() {
+                h.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>—</td><td>0</td></tr>",
+                    escape(&st.stage),
+                    st.total,
+                    st.kept
+                ));
+            }
+            for (r, n) in reasons {
+                h.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{n}</td></tr>",
+                    escape(&st.stage),
+                    st.total,
+                    st.kept,
+                    escape(r)
+                ));
+            }
+        }
+        h.push_str("</table>");
+        match self.chart_svg() {
+            Ok(svg) => h.push_str(&svg),
+            Err(e) => h.push_str(&format!("<p>(no chart: {})</p>", escape(&e.to_string()))),
+        }
+        h.push_str("</div>");
+        h
+    }
+
+    /// evcxr's rich display: [`Report::to_html`].
+    #[cfg(feature = "evcxr")]
+    pub fn evcxr_display(&self) {
+        crate::notebook::evcxr_html(&self.to_html());
+    }
+
     /// Writes `report.json`, `report.md` and `composition.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = dir.join("report.json");
@@ -179,8 +252,22 @@ impl Report {
         self.chart(&dir.join("composition.svg"))
     }
 
-    /// A stacked horizontal bar chart (train / eval) of the final mixture per source, as SVG.
+    /// Writes [`Report::chart_svg`] to `path`.
     pub fn chart(&self, path: &Path) -> Result<()> {
+        let svg = self
+            .chart_svg()
+            .map_err(|e| Error::Invariant(format!("{}: {e}", path.display())))?;
+        std::fs::write(path, svg).map_err(|e| Error::io(path, e))
+    }
+
+    /// A stacked horizontal bar chart (train / eval) of the final mixture per source, as SVG text.
+    pub fn chart_svg(&self) -> Result<String> {
+        let mut svg = String::new();
+        self.draw_chart(&mut svg)?;
+        Ok(svg)
+    }
+
+    fn draw_chart(&self, svg: &mut String) -> Result<()> {
         let rows: Vec<(&str, u64, u64)> = self
             .mixture
             .iter()
@@ -194,8 +281,8 @@ impl Report {
             .collect();
         let max = rows.iter().map(|r| r.1 + r.2).max().unwrap_or(1).max(1);
         let height = 80 + 40 * rows.len().max(1) as u32;
-        let err = |e: String| Error::Invariant(format!("{}: chart: {e}", path.display()));
-        let root = SVGBackend::new(path, (800, height)).into_drawing_area();
+        let err = |e: String| Error::Invariant(format!("composition chart: {e}"));
+        let root = SVGBackend::with_string(svg, (800, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let n = rows.len().max(1) as u32;
         let mut chart = ChartBuilder::on(&root)

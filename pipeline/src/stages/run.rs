@@ -75,6 +75,8 @@ pub fn curate(
     input: DataFrame,
     progress: Option<&MultiProgress>,
 ) -> Result<CurateOutput> {
+    // A frame from another evcxr cell carries a schema cache it cannot read (crate::notebook).
+    let input = crate::notebook::reseat(&input)?;
     validate(&input)?;
     cfg.validate()?;
     let rows_in = input.height() as u64;
