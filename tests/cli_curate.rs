@@ -219,7 +219,8 @@ fn curate_dir_with_an_embedded_preset_matches_the_cli() {
 
     let cfg = CurateConfig::preset("koala-all").unwrap();
     let lib_out = tmp.path().join("lib");
-    let (out, report) = curate_dir(&cfg, &root().join("examples/data"), &lib_out).unwrap();
+    let run = curate_dir(&cfg, &root().join("examples/data"), &lib_out).unwrap();
+    let (out, report) = (run.output, run.report);
     assert_eq!(report.rows_in, cli["rows_in"].as_u64().unwrap());
     assert_eq!(report.rows_kept, cli["rows_kept"].as_u64().unwrap());
     assert_eq!(report.rows_dropped, cli["rows_dropped"].as_u64().unwrap());

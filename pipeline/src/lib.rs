@@ -37,7 +37,7 @@ pub mod prelude {
     pub use crate::sources::{LoadOptions, load_dir};
     pub use crate::stages::config::{CurateConfig, PRESETS};
     pub use crate::stages::report::Report;
-    pub use crate::stages::run::{CurateOutput, curate, curate_dir, write_outputs};
+    pub use crate::stages::run::{CurateOutput, Curated, curate, curate_dir, write_outputs};
     pub use crate::{Error, Result};
     pub use polars::prelude::{DataFrame, IntoLazy, col, df, lit};
 }

@@ -90,14 +90,19 @@ pub fn html_table(df: &DataFrame, max_rows: usize, max_chars: usize) -> String {
     h
 }
 
-/// Prints `html` for evcxr to show as rich output.
-pub fn evcxr_html(html: &str) {
-    println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
+/// Prints a value for evcxr in two forms: `plain` (what the evcxr REPL shows; it drops HTML)
+/// and `html` (what Jupyter shows).
+pub fn evcxr_rich(plain: &str, html: &str) {
+    println!(
+        "EVCXR_BEGIN_CONTENT text/plain\n{plain}\nEVCXR_END_CONTENT\n\
+         EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT"
+    );
 }
 
-/// Shows the first 10 rows of `df` as an HTML table in evcxr (long text cut at 200 characters).
+/// Shows the first 10 rows of `df` in evcxr: an HTML table (long text cut at 200 characters) in
+/// Jupyter, polars' own text table in the REPL.
 pub fn show(df: &DataFrame) {
-    evcxr_html(&html_table(df, 10, 200));
+    evcxr_rich(&df.head(Some(10)).to_string(), &html_table(df, 10, 200));
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ impl Report {
     /// evcxr's rich display: [`Report::to_html`].
     #[cfg(feature = "evcxr")]
     pub fn evcxr_display(&self) {
-        crate::notebook::evcxr_html(&self.to_html());
+        crate::notebook::evcxr_rich(&self.to_markdown(), &self.to_html());
     }
 
     /// Writes `report.json`, `report.md` and `composition.svg` into `dir`.

@@ -165,17 +165,18 @@ fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 /// One call for a whole run, as `koala curate` does it without progress bars: loads every source
 /// under `input` (`DIR/<source>/…`), curates with `cfg`, and writes everything into `out`
 /// (malformed input records, if any, to `out/quarantine.jsonl`). Returns the tables and the
-/// report.
+/// report, as one value (a struct, not a tuple: evcxr falls back to a slow full check on
+/// `let (a, b) = …`).
 ///
 /// ```no_run
 /// use koala_pipeline::prelude::*;
 /// let cfg = CurateConfig::preset("koala-all")?;
-/// let (out, report) = curate_dir(&cfg, "examples/data".as_ref(), "out/curate".as_ref())?;
-/// println!("{report}");
-/// println!("{}", out.kept.head(Some(3)));
+/// let run = curate_dir(&cfg, "examples/data".as_ref(), "out/curate".as_ref())?;
+/// println!("{}", run.report);
+/// println!("{}", run.output.kept.head(Some(3)));
 /// # Ok::<(), koala_pipeline::Error>(())
 /// ```
-pub fn curate_dir(cfg: &CurateConfig, input: &Path, out: &Path) -> Result<(CurateOutput, Report)> {
+pub fn curate_dir(cfg: &CurateConfig, input: &Path, out: &Path) -> Result<Curated> {
     let loaded = crate::sources::load_dir(input, &crate::sources::LoadOptions::default())?;
     loaded.check_reconciled()?;
     if !loaded.quarantine.is_empty() {
@@ -188,9 +189,33 @@ pub fn curate_dir(cfg: &CurateConfig, input: &Path, out: &Path) -> Result<(Curat
             q.display()
         );
     }
-    let mut result = curate(cfg, loaded.table, None)?;
-    let report = write_outputs(cfg, &mut result, out)?;
-    Ok((result, report))
+    let mut output = curate(cfg, loaded.table, None)?;
+    let report = write_outputs(cfg, &mut output, out)?;
+    Ok(Curated { output, report })
+}
+
+/// What [`curate_dir`] returns.
+pub struct Curated {
+    /// The kept and dropped tables, with per-stage statistics.
+    pub output: CurateOutput,
+    /// The report written as `report.json` / `report.md`.
+    pub report: Report,
+}
+
+#[cfg(feature = "evcxr")]
+impl Curated {
+    /// evcxr's rich display: the report ([`Report::to_html`]) and the first kept rows.
+    pub fn evcxr_display(&self) {
+        let mut h = self.report.to_html();
+        h.push_str("<h4>Kept conversations (first 5)</h4>");
+        h.push_str(&crate::notebook::html_table(&self.output.kept, 5, 160));
+        let plain = format!(
+            "{}\nKept conversations (first 5):\n{}",
+            self.report.to_markdown(),
+            self.output.kept.head(Some(5))
+        );
+        crate::notebook::evcxr_rich(&plain, &h);
+    }
 }
 
 /// Writes `kept.parquet`, `dropped.parquet`, the JSONL export, `report.json`, `report.md` and
