@@ -692,17 +692,21 @@ fn train_rank<B: Backend, C: Communicator<B>>(
         Vec::new()
     };
     // TensorBoard mirrors metrics.jsonl: rewritten from the history, then a record per step.
-    let mut tb = if lead {
-        let mut w = tensorboard::EventWriter::create(&cfg.out_dir.join("tensorboard"))?;
-        let now = tensorboard::wall_time();
-        for r in &history {
-            w.scalars(r.step, now, &tb_values(r))?;
-        }
-        w.flush()?;
-        Some(w)
+    // (Only rank 0 writes; `agree` keeps a failure there from leaving the others waiting.)
+    let tb = if lead {
+        (|| {
+            let mut w = tensorboard::EventWriter::create(&cfg.out_dir.join("tensorboard"))?;
+            let now = tensorboard::wall_time();
+            for r in &history {
+                w.scalars(r.step, now, &tb_values(r))?;
+            }
+            w.flush()?;
+            Ok(Some(w))
+        })()
     } else {
-        None
+        Ok(None)
     };
+    let mut tb = dp::agree(comm, tb)?;
     let mut step = opt.step();
     let mut last_loss = prep.last_loss;
     let mut last_val_loss: Option<f32> = prep.history.iter().rev().find_map(|r| r.val_loss);
