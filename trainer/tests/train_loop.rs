@@ -146,16 +146,8 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.to_string().contains("max_step"), "{e}");
 }
 
-/// Shards with a held-out `eval` split (as `koala tokenize` writes from `koala curate`'s split):
-/// the run measures the validation loss every `val_every` steps and at the end, writes it to
-/// `metrics.jsonl`, the Step events and `report.json`, and mirrors every scalar into a
-/// TensorBoard event file that the Python `tensorboard` package reads back.
-#[test]
-fn validation_loss_is_measured_logged_and_readable_by_tensorboard() {
-    let d = tempfile::tempdir().unwrap();
-    let mut cfg = config(d.path(), "val", None);
-    // Rewrite the manifest with splits: the 20 tiny rows train, 4 more are held out.
-    let shards = cfg.shards.clone();
+/// Rewrites the tiny shards' manifest with splits: the 20 rows train, 4 more are held out.
+fn add_eval_split(shards: &Path) {
     let held: Vec<Row> = (0..4u32)
         .map(|i| Row {
             tokens: (0..12u32).map(|j| (5 + 2 * i + j) % 64).collect(),
@@ -171,6 +163,52 @@ fn validation_loss_is_measured_logged_and_readable_by_tensorboard() {
             "eval": {"files": [{"path": "eval-0.arrow", "rows": 4}]}}}"#,
     )
     .unwrap();
+}
+
+/// Validation with 2 data-parallel workers (each takes half the held-out rows, the losses are
+/// summed) gives the single worker's validation loss.
+#[test]
+fn validation_loss_is_the_same_with_two_workers() {
+    let d = tempfile::tempdir().unwrap();
+    let val = |out: &str, workers: usize| -> Vec<f32> {
+        let mut cfg = tiny_config(
+            d.path(),
+            out,
+            &format!("workers = {workers}"),
+            "batch_size = 4",
+        );
+        add_eval_split(&cfg.shards);
+        cfg.val_every = 5;
+        let mut rec = Recorder::default();
+        run(&cfg, &mut rec).unwrap();
+        rec.events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step { val_loss, .. } => *val_loss,
+                _ => None,
+            })
+            .collect()
+    };
+    let one = val("one", 1);
+    let two = val("two", 2);
+    assert_eq!(one.len(), 2, "{one:?}");
+    for (a, b) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "1 worker {one:?}, 2 workers {two:?}"
+        );
+    }
+}
+
+/// Shards with a held-out `eval` split (as `koala tokenize` writes from `koala curate`'s split):
+/// the run measures the validation loss every `val_every` steps and at the end, writes it to
+/// `metrics.jsonl`, the Step events and `report.json`, and mirrors every scalar into a
+/// TensorBoard event file that the Python `tensorboard` package reads back.
+#[test]
+fn validation_loss_is_measured_logged_and_readable_by_tensorboard() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config(d.path(), "val", None);
+    add_eval_split(&cfg.shards);
     cfg.val_every = 4;
     let mut rec = Recorder::default();
     run(&cfg, &mut rec).unwrap();
