@@ -19,3 +19,19 @@ pub mod systems;
 
 pub use error::{Error, Result};
 pub use rows::{RatingRow, ResponseRow, Side, Usage, Winner};
+
+/// What a notebook or a short program needs to report on ratings, in one
+/// `use koala_eval::prelude::*;`.
+///
+/// ```no_run
+/// use koala_eval::prelude::*;
+/// let ratings = read_ratings(&["ratings.jsonl".into()])?;
+/// let report = build(&ratings, &ReportOptions::default())?;
+/// println!("{}", report.to_markdown());
+/// # Ok::<(), koala_eval::Error>(())
+/// ```
+pub mod prelude {
+    pub use crate::report::{Report, ReportOptions, build, read_ratings};
+    pub use crate::rows::{RatingRow, ResponseRow, Side, Winner, read_jsonl};
+    pub use crate::{Error, Result};
+}

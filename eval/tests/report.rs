@@ -190,6 +190,23 @@ fn per_set_tables_and_the_files_written() {
     let dir = tempfile::tempdir().unwrap();
     let written = r.write(dir.path()).unwrap();
     assert_eq!(written.len(), 4);
+    // The notebook view: the rating table, then the same chart as winrates.svg, inline.
+    let html = r.to_html().unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("winrates.svg")).unwrap();
+    assert!(
+        html.ends_with(&format!("{svg}</div>")),
+        "the chart is not winrates.svg"
+    );
+    for s in &r.systems {
+        assert!(
+            html.contains(&format!(
+                "<td>{}</td><td style=\"text-align:right\">{:.1}</td>",
+                s.name, s.rating
+            )),
+            "{} is not in the table",
+            s.name
+        );
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();

@@ -27,3 +27,24 @@ pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use hparams::{Hyper, LossMode};
 pub use train::{Observer, RunOutcome, TrainConfig, TrainEvent, run};
+
+/// What a notebook needs to train locally or to drive the daemon over gRPC, in one
+/// `use koala_trainer::prelude::*;`.
+///
+/// ```no_run
+/// use koala_trainer::prelude::*;
+/// # async fn demo() -> std::result::Result<(), Box<dyn std::error::Error>> {
+/// let mut c = connect(&ClientOptions { addr: "127.0.0.1:50051".into(), ..Default::default() }).await?;
+/// let spec: JobSpec = JobFile::load("job.toml".as_ref())?;
+/// let job = c.submit_job(spec).await?.into_inner();
+/// let done = watch(&mut c, job.id, false).await?;
+/// let metrics = c.get_metrics(GetMetricsRequest { id: done.id }).await?.into_inner();
+/// # Ok(()) }
+/// ```
+pub mod prelude {
+    pub use crate::daemon::client::{
+        Client, ClientError, ClientOptions, JobFile, connect, describe_job, generate, watch,
+    };
+    pub use crate::train::{MetricRecord, Observer, RunOutcome, TrainConfig, TrainEvent, run};
+    pub use koala_proto::v1::{GetJobRequest, GetMetricsRequest, Job, JobSpec, JobState};
+}

@@ -263,13 +263,21 @@ fn draw(c: &mut dyn Canvas, pairs: &[PairRow], title: &str, l: &Layout) -> Resul
 
 /// Writes the chart as SVG.
 pub fn write_svg(pairs: &[PairRow], title: &str, path: &Path) -> Result<()> {
+    let svg = svg_string(pairs, title)?;
+    std::fs::write(path, svg).map_err(|e| Error::io(path, e))
+}
+
+/// The chart as SVG text (what [`write_svg`] writes; a notebook shows it inline).
+pub fn svg_string(pairs: &[PairRow], title: &str) -> Result<String> {
     let l = layout(pairs)?;
-    let area = SVGBackend::new(path, l.size).into_drawing_area();
-    let mut c = Svg { area };
-    draw(&mut c, pairs, title, &l)?;
-    c.area
-        .present()
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    let mut out = String::new();
+    {
+        let area = SVGBackend::with_string(&mut out, l.size).into_drawing_area();
+        let mut c = Svg { area };
+        draw(&mut c, pairs, title, &l)?;
+        c.area.present().map_err(draw_err)?;
+    }
+    Ok(out)
 }
 
 /// Writes the chart as PNG.

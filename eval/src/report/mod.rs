@@ -387,11 +387,55 @@ impl Report {
         std::fs::write(&json, text + "\n").map_err(|e| Error::io(&json, e))?;
         let md = dir.join("report.md");
         std::fs::write(&md, self.to_markdown()).map_err(|e| Error::io(&md, e))?;
-        let title = "Pairwise win rates (share of wins, ties and losses)";
         let svg = dir.join("winrates.svg");
-        chart::write_svg(&self.pairs, title, &svg)?;
+        chart::write_svg(&self.pairs, CHART_TITLE, &svg)?;
         let png = dir.join("winrates.png");
-        chart::write_png(&self.pairs, title, &png)?;
+        chart::write_png(&self.pairs, CHART_TITLE, &png)?;
         Ok(vec![json, md, svg, png])
     }
+
+    /// The report as HTML for a notebook: the rating table with its intervals, then the
+    /// win-rate chart inline (SVG).
+    pub fn to_html(&self) -> Result<String> {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let mut h = format!(
+            "<div><p>{} ratings, {} bootstrap rounds (seed {})</p><table><tr><th>rank</th>\
+             <th>system</th><th>rating</th><th>95% CI</th><th>battles</th></tr>",
+            self.ratings, self.bootstrap, self.seed
+        );
+        for (i, s) in self.systems.iter().enumerate() {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td style=\"text-align:right\">{:.1}</td>\
+                 <td>{:.1} – {:.1}</td><td style=\"text-align:right\">{}</td></tr>",
+                i + 1,
+                esc(&s.name),
+                s.rating,
+                s.ci_low,
+                s.ci_high,
+                s.battles
+            ));
+        }
+        h.push_str("</table>");
+        h.push_str(&chart::svg_string(&self.pairs, CHART_TITLE)?);
+        h.push_str("</div>");
+        Ok(h)
+    }
+
+    /// evcxr's rich display: the Markdown tables in the REPL, [`Report::to_html`] in Jupyter.
+    #[cfg(feature = "evcxr")]
+    pub fn evcxr_display(&self) {
+        let html = self.to_html().unwrap_or_else(|e| format!("<p>{e}</p>"));
+        println!(
+            "EVCXR_BEGIN_CONTENT text/plain\n{}\nEVCXR_END_CONTENT\n\
+             EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT",
+            self.to_markdown()
+        );
+    }
 }
+
+/// The title of the win-rate chart.
+pub const CHART_TITLE: &str = "Pairwise win rates (share of wins, ties and losses)";
