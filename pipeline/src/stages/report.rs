@@ -93,15 +93,19 @@ impl Report {
         })
     }
 
-    /// The Markdown report.
-    pub fn to_markdown(&self) -> String {
-        let mut s = format!(
-            "# Curation report: {}\n\nseed {} · {} rows in → {} kept + {} dropped (invariant {})\n\n",
-            if self.config.is_empty() {
-                "(unnamed)"
-            } else {
-                &self.config
-            },
+    /// The preset's name, or `(unnamed)`.
+    fn title(&self) -> &str {
+        if self.config.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.config
+        }
+    }
+
+    /// The run's totals in one line: seed, rows in, kept, dropped, and the invariant.
+    fn totals(&self) -> String {
+        format!(
+            "seed {} · {} rows in → {} kept + {} dropped (invariant {})",
             self.seed,
             self.rows_in,
             self.rows_kept,
@@ -111,6 +115,15 @@ impl Report {
             } else {
                 "BROKEN"
             }
+        )
+    }
+
+    /// The Markdown report.
+    pub fn to_markdown(&self) -> String {
+        let mut s = format!(
+            "# Curation report: {}\n\n{}\n\n",
+            self.title(),
+            self.totals()
         );
         s.push_str("## Funnel per source\n\n| source |");
         let stages: Vec<&str> = self
@@ -174,22 +187,9 @@ impl Report {
     pub fn to_html(&self) -> String {
         use crate::notebook::escape;
         let mut h = format!(
-            "<div><h3>Curation report: {}</h3><p>seed {} · {} rows in → {} kept + {} dropped \
-             (invariant {})</p>",
-            escape(if self.config.is_empty() {
-                "(unnamed)"
-            } else {
-                &self.config
-            }),
-            self.seed,
-            self.rows_in,
-            self.rows_kept,
-            self.rows_dropped,
-            if self.invariant_holds {
-                "holds"
-            } else {
-                "BROKEN"
-            }
+            "<div><h3>Curation report: {}</h3><p>{}</p>",
+            escape(self.title()),
+            self.totals()
         );
         h.push_str("<h4>Funnel per source</h4><table><tr><th>source</th>");
         if let Some(steps) = self.funnel.values().next() {
