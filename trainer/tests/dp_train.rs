@@ -366,6 +366,33 @@ fn daemon_validation_accepts_device_forms_and_names_the_bad_field() {
     }
 }
 
+/// A job's validation options reach the trainer (empty and 0 mean the trainer's defaults), and
+/// a split name that is not a plain name is refused, naming the field.
+#[test]
+fn daemon_validation_options_reach_the_trainer() {
+    let f = daemon_common::Fixture::new();
+    let root = f.root.canonicalize().unwrap();
+    let base = spec(&f, "cpu", 0, false);
+    let cfg = train_config(&base, &root).unwrap();
+    assert_eq!((cfg.val_split.as_str(), cfg.val_every), ("auto", 100));
+    let s = JobSpec {
+        val_split: "validation".into(),
+        val_every: 7,
+        ..base.clone()
+    };
+    validate(&s, &root).unwrap();
+    let cfg = train_config(&s, &root).unwrap();
+    assert_eq!((cfg.val_split.as_str(), cfg.val_every), ("validation", 7));
+    for bad in ["../eval", "a b", &"x".repeat(65)] {
+        let s = JobSpec {
+            val_split: bad.to_string(),
+            ..base.clone()
+        };
+        let e = validate(&s, &root).unwrap_err();
+        assert_eq!(e.field, "val_split", "{bad:?}: {e}");
+    }
+}
+
 struct Sink(Vec<RunEvent>);
 
 impl RunSink for Sink {

@@ -95,10 +95,12 @@ pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
 ///     out_dir = "runs/demo"
 ///     preset = "tiny-cpu"
 ///     seed = 7
+///     val_every = 20
 ///     [hyperparameters]
 ///     lr = 1e-3
 /// "#).unwrap();
 /// assert_eq!(spec.seed, 7);
+/// assert_eq!((spec.val_split.as_str(), spec.val_every), ("", 20));
 /// assert_eq!(spec.hyperparameters.unwrap().lr, Some(1e-3));
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +130,12 @@ pub struct JobFile {
     pub max_steps: u64,
     #[serde(default)]
     pub idempotency_key: String,
+    /// The held-out split for the validation loss (JobSpec `val_split`).
+    #[serde(default)]
+    pub val_split: String,
+    /// Steps between validation losses (JobSpec `val_every`).
+    #[serde(default)]
+    pub val_every: u64,
     pub hyperparameters: Option<HyperparametersFile>,
 }
 
@@ -208,6 +216,8 @@ impl JobFile {
             checkpoint_every: self.checkpoint_every,
             max_steps: self.max_steps,
             idempotency_key: self.idempotency_key,
+            val_split: self.val_split,
+            val_every: self.val_every,
         })
     }
 }

@@ -136,8 +136,16 @@ pub fn train_config(
             spec.checkpoint_every
         },
         keep_checkpoints: KEEP_CHECKPOINTS,
-        val_split: crate::train::default_val_split(),
-        val_every: crate::train::default_val_every(),
+        val_split: if spec.val_split.is_empty() {
+            crate::train::default_val_split()
+        } else {
+            spec.val_split.clone()
+        },
+        val_every: if spec.val_every == 0 {
+            crate::train::default_val_every()
+        } else {
+            spec.val_every
+        },
         val_max_rows: crate::train::default_val_max_rows(),
         device: if spec.devices.is_empty() {
             "cpu".into()

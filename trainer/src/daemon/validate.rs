@@ -103,6 +103,17 @@ pub fn validate(spec: &JobSpec, data_root: &Path) -> Result<ResolvedPaths, Field
             format!("{} is above the limit {MAX_STEPS}", spec.max_steps),
         ));
     }
+    if spec.val_split.len() > 64
+        || !spec
+            .val_split
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(err(
+            "val_split",
+            "a split name is at most 64 letters, digits, `_` or `-`".to_string(),
+        ));
+    }
     if let Some(h) = &spec.hyperparameters {
         check_hyperparameters(h)?;
     }
