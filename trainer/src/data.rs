@@ -61,13 +61,9 @@ impl Dataset {
     /// Reads the shards of the manifest's split `split` (for example `eval`, the held-out rows
     /// `koala curate` set aside); `None` when `dir` has no manifest or the manifest no such split.
     pub fn open_split(dir: &Path, split: &str) -> Result<Option<Self>> {
-        let manifest = dir.join("manifest.json");
-        if !manifest.exists() {
+        let Some((manifest, v)) = read_manifest(dir)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&manifest, e))?;
+        };
         let Some(list) = v
             .get("splits")
             .and_then(|s| s.get(split))
@@ -77,14 +73,8 @@ impl Dataset {
             return Ok(None);
         };
         let mut rows = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            let name = item
-                .as_str()
-                .or_else(|| item.get("path").and_then(|x| x.as_str()))
-                .ok_or_else(|| {
-                    Error::format(&manifest, format!("splits.{split}.files[{i}]: no path"))
-                })?;
-            read_shard(&dir.join(name), &mut rows)?;
+        for f in list_files(dir, &manifest, list, &format!("splits.{split}.files"))? {
+            read_shard(&f, &mut rows)?;
         }
         Ok((!rows.is_empty()).then_some(Dataset { rows }))
     }
@@ -95,12 +85,41 @@ impl Dataset {
     }
 }
 
-fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// `dir/manifest.json`, parsed, with its path; `None` when there is none.
+fn read_manifest(dir: &Path) -> Result<Option<(PathBuf, serde_json::Value)>> {
     let manifest = dir.join("manifest.json");
-    if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&manifest, e))?;
+    if !manifest.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
+    let v = serde_json::from_str(&text).map_err(|e| Error::format(&manifest, e))?;
+    Ok(Some((manifest, v)))
+}
+
+/// The files of a manifest's file list (each a name, or an object with `path`, `file` or
+/// `name`), relative to `dir`; `what` names the list in errors.
+fn list_files(
+    dir: &Path,
+    manifest: &Path,
+    list: &[serde_json::Value],
+    what: &str,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let name = item.as_str().or_else(|| {
+            ["path", "file", "name"]
+                .iter()
+                .find_map(|k| item.get(k).and_then(|x| x.as_str()))
+        });
+        let name =
+            name.ok_or_else(|| Error::format(manifest, format!("{what}[{i}]: no file name")))?;
+        out.push(dir.join(name));
+    }
+    Ok(out)
+}
+
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if let Some((manifest, v)) = read_manifest(dir)? {
         // `koala tokenize` writes `splits.<name>.files[].path`; training reads the train split.
         let list = match v.get("splits") {
             Some(splits) => Some(
@@ -118,19 +137,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 .and_then(|l| l.as_array()),
         };
         if let Some(list) = list {
-            let mut out = Vec::new();
-            for (i, item) in list.iter().enumerate() {
-                let name = item.as_str().or_else(|| {
-                    ["path", "file", "name"]
-                        .iter()
-                        .find_map(|k| item.get(k).and_then(|x| x.as_str()))
-                });
-                let name = name.ok_or_else(|| {
-                    Error::format(&manifest, format!("shards[{i}]: no file name"))
-                })?;
-                out.push(dir.join(name));
-            }
-            return Ok(out);
+            return list_files(dir, &manifest, list, "shards");
         }
     }
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;

@@ -532,18 +532,7 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
         }
     };
     let vocab = mcfg.vocab_size;
-    if let Some((i, r)) = ds
-        .rows
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.tokens.iter().any(|&t| t as usize >= vocab))
-    {
-        let bad = r
-            .tokens
-            .iter()
-            .find(|&&t| t as usize >= vocab)
-            .copied()
-            .unwrap_or_default();
+    if let Some((i, bad)) = out_of_vocab(&ds.rows, vocab) {
         return Err(Error::format(
             &cfg.shards,
             format!("row {i}: token id {bad} >= vocab_size {vocab}"),
@@ -586,6 +575,16 @@ fn tb_values(r: &MetricRecord) -> Vec<(&'static str, f32)> {
     v
 }
 
+/// The first row holding a token id outside the vocabulary, and that id.
+fn out_of_vocab(rows: &[Row], vocab: usize) -> Option<(usize, u32)> {
+    rows.iter().enumerate().find_map(|(i, r)| {
+        r.tokens
+            .iter()
+            .find(|&&t| t as usize >= vocab)
+            .map(|&t| (i, t))
+    })
+}
+
 /// The validation split's first `val_max_rows` rows, per [`TrainConfig::val_split`].
 fn validation_rows(cfg: &TrainConfig, vocab: usize) -> Result<Option<(String, Dataset)>> {
     let names: Vec<&str> = match cfg.val_split.as_str() {
@@ -596,12 +595,7 @@ fn validation_rows(cfg: &TrainConfig, vocab: usize) -> Result<Option<(String, Da
     for name in &names {
         if let Some(mut ds) = Dataset::open_split(&cfg.shards, name)? {
             ds.rows.truncate(cfg.val_max_rows.max(1));
-            if let Some((i, bad)) = ds.rows.iter().enumerate().find_map(|(i, r)| {
-                r.tokens
-                    .iter()
-                    .find(|&&t| t as usize >= vocab)
-                    .map(|&t| (i, t))
-            }) {
+            if let Some((i, bad)) = out_of_vocab(&ds.rows, vocab) {
                 return Err(Error::format(
                     &cfg.shards,
                     format!("split {name}, row {i}: token id {bad} >= vocab_size {vocab}"),
