@@ -6,7 +6,8 @@
 //!   area (glyphs rasterised with `ab_glyph`, anti-aliased). plotters' own `ab_glyph` feature
 //!   would do the same, but features unify across the workspace and that one makes every chart
 //!   without a registered font fail, so the glyphs are drawn here;
-//! * [`ticks`], round tick values for an axis.
+//! * [`ticks`], round tick values for an axis;
+//! * [`display`], showing a chart or table in a notebook (HTML escaping, evcxr's rich output).
 //!
 //! ```
 //! use koala_chart::{Align, Text, ticks};
@@ -24,6 +25,8 @@
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+
+pub mod display;
 
 /// Liberation Sans Regular (SIL Open Font License 1.1; see `chart/fonts/LICENSE-LiberationSans.txt`).
 pub static FONT: &[u8] = include_bytes!("../fonts/LiberationSans-Regular.ttf");

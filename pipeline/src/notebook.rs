@@ -19,6 +19,7 @@
 //! let html = html_table(&df, 1, 4);
 //! assert!(html.contains("&lt;b&gt;") && html.contains("1 of 2 rows"), "{html}");
 //! ```
+pub use koala_chart::display::{escape, evcxr_rich};
 use polars::prelude::*;
 
 use crate::error::Result;
@@ -27,22 +28,6 @@ use crate::error::Result;
 /// earlier evcxr cell needs before its columns are looked up by name.
 pub fn reseat(df: &DataFrame) -> Result<DataFrame> {
     Ok(DataFrame::new(df.height(), df.columns().to_vec())?)
-}
-
-/// Escapes text for HTML.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `s` cut to `max_chars` characters, with `…` when cut.
@@ -88,15 +73,6 @@ pub fn html_table(df: &DataFrame, max_rows: usize, max_chars: usize) -> String {
     }
     h.push_str("</tbody></table>");
     h
-}
-
-/// Prints a value for evcxr in two forms: `plain` (what the evcxr REPL shows; it drops HTML)
-/// and `html` (what Jupyter shows).
-pub fn evcxr_rich(plain: &str, html: &str) {
-    println!(
-        "EVCXR_BEGIN_CONTENT text/plain\n{plain}\nEVCXR_END_CONTENT\n\
-         EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT"
-    );
 }
 
 /// Shows the first 10 rows of `df` in evcxr: an HTML table (long text cut at 200 characters) in

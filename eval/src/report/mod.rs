@@ -397,11 +397,7 @@ impl Report {
     /// The report as HTML for a notebook: the rating table with its intervals, then the
     /// win-rate chart inline (SVG).
     pub fn to_html(&self) -> Result<String> {
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-        };
+        let esc = koala_chart::display::escape;
         let mut h = format!(
             "<div><p>{} ratings, {} bootstrap rounds (seed {})</p><table><tr><th>rank</th>\
              <th>system</th><th>rating</th><th>95% CI</th><th>battles</th></tr>",
@@ -428,12 +424,10 @@ impl Report {
     /// evcxr's rich display: the Markdown tables in the REPL, [`Report::to_html`] in Jupyter.
     #[cfg(feature = "evcxr")]
     pub fn evcxr_display(&self) {
-        let html = self.to_html().unwrap_or_else(|e| format!("<p>{e}</p>"));
-        println!(
-            "EVCXR_BEGIN_CONTENT text/plain\n{}\nEVCXR_END_CONTENT\n\
-             EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT",
-            self.to_markdown()
-        );
+        let html = self
+            .to_html()
+            .unwrap_or_else(|e| format!("<p>{}</p>", koala_chart::display::escape(&e.to_string())));
+        koala_chart::display::evcxr_rich(&self.to_markdown(), &html);
     }
 }
 
