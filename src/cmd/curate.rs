@@ -106,10 +106,7 @@ fn load_input(
     let loaded = load_dir(path, &opts).with_context(|| format!("loading {}", path.display()))?;
     pb.finish();
     loaded.check_reconciled()?;
-    if !loaded.quarantine.is_empty() {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let q = out.join("quarantine.jsonl");
-        loaded.write_quarantine(&q)?;
+    if let Some(q) = loaded.write_quarantine_into(out)? {
         eprintln!(
             "warning: {} malformed input records quarantined in {} (not part of the lineage: they never became rows)",
             loaded.quarantine.len(),

@@ -876,6 +876,18 @@ impl LoadOutcome {
         Ok(())
     }
 
+    /// Writes the quarantine to `dir/quarantine.jsonl` (creating `dir`) when any record was
+    /// quarantined; returns the file written.
+    pub fn write_quarantine_into(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        if self.quarantine.is_empty() {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let q = dir.join("quarantine.jsonl");
+        self.write_quarantine(&q)?;
+        Ok(Some(q))
+    }
+
     /// The machine-readable report: totals, per source, per file, ignored paths.
     pub fn report(&self) -> Value {
         serde_json::json!({

@@ -179,10 +179,7 @@ fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 pub fn curate_dir(cfg: &CurateConfig, input: &Path, out: &Path) -> Result<Curated> {
     let loaded = crate::sources::load_dir(input, &crate::sources::LoadOptions::default())?;
     loaded.check_reconciled()?;
-    if !loaded.quarantine.is_empty() {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let q = out.join("quarantine.jsonl");
-        loaded.write_quarantine(&q)?;
+    if let Some(q) = loaded.write_quarantine_into(out)? {
         tracing::warn!(
             "{} malformed input records quarantined in {}",
             loaded.quarantine.len(),
