@@ -19,6 +19,9 @@
 //! is p99 under 50 ms a vote and no vote lost).
 //!
 //! Environment: `KOALA_BENCH_RATERS` (default 50), `KOALA_BENCH_VOTES` (votes per rater, 100).
+#[path = "common/stats.rs"]
+mod stats;
+use stats::percentile;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,12 +59,6 @@ fn items() -> Vec<Item> {
     items
 }
 
-/// Milliseconds at quantile `q` (nearest rank) of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
-}
-
 struct Summary {
     n: usize,
     secs: f64,
@@ -71,15 +68,16 @@ struct Summary {
     max: f64,
 }
 
-fn summarise(mut lat: Vec<Duration>, secs: f64) -> Summary {
-    lat.sort();
+fn summarise(lat: Vec<Duration>, secs: f64) -> Summary {
+    let mut ms: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
     Summary {
-        n: lat.len(),
+        n: ms.len(),
         secs,
-        p50: quantile(&lat, 0.50),
-        p90: quantile(&lat, 0.90),
-        p99: quantile(&lat, 0.99),
-        max: quantile(&lat, 1.0),
+        p50: percentile(&ms, 50.0),
+        p90: percentile(&ms, 90.0),
+        p99: percentile(&ms, 99.0),
+        max: percentile(&ms, 100.0),
     }
 }
 

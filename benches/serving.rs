@@ -46,6 +46,9 @@
 //! `KOALA_PYTHON` (else `~/.cache/torchvenv/bin/python`, else `python3`). Without torch and
 //! transformers the HF comparison is skipped with a message (and, with no cached model, the
 //! whole bench). A missed goal prints MISSED. Writes `target/bench-serving.json`.
+#[path = "common/stats.rs"]
+mod stats;
+use stats::percentile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,12 +111,6 @@ fn prompt_for(stream: usize, vocab: usize) -> Vec<u32> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// The nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }
 
 /// A `kB` field of `/proc/PID/status` (0 when absent).
