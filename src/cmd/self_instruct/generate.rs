@@ -4,6 +4,8 @@
 //! Each request shows the teacher our requirements text and 3 seed tasks drawn with a seeded RNG
 //! (request `r` of run seed `S` always draws the same 3), numbered `1.`–`3.`, and ends with
 //! `4. Instruction:`; the teacher continues the list up to 20 (stop sequences `\n20`, `20.`).
+//! Each request also carries an OpenAI `seed` derived from `S` and `r` ([`request_seed`]), so a
+//! teacher that honours seeds (ours does) samples the same text when the run is repeated.
 //! The response is parsed as Alpaca does (split on `###`, `N. Instruction/Input/Output:` with the
 //! expected N; the last piece dropped when `finish_reason == "length"`), then Alpaca's rule
 //! filters and the ROUGE-L filter against every instruction kept so far, seeds included.
@@ -324,6 +326,8 @@ struct Client {
     key: Option<String>,
     args_model: String,
     api: Api,
+    /// The run's seed (`--seed`), mixed with the request number into the request's `seed`.
+    seed: u64,
     temperature: f64,
     top_p: f64,
     max_tokens: u32,
@@ -333,15 +337,25 @@ struct Client {
     retries: AtomicU64,
 }
 
+/// The OpenAI `seed` of request `request` in a run seeded `seed`: a SplitMix64 mix of the two,
+/// kept to the non-negative `i64` range that OpenAI's API accepts.
+pub fn request_seed(seed: u64, request: u64) -> i64 {
+    let mut z = seed ^ request.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
 enum Failure {
     Retry(String, Option<Duration>),
     Fatal(anyhow::Error),
 }
 
 impl Client {
-    fn body(&self, prompt: &str) -> Value {
+    fn body(&self, request: u64, prompt: &str) -> Value {
         let mut b = json!({
             "model": self.args_model,
+            "seed": request_seed(self.seed, request),
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
@@ -426,7 +440,7 @@ impl Client {
     }
 
     async fn call(&self, request: u64, prompt: String) -> Result<Response> {
-        let body = self.body(&prompt);
+        let body = self.body(request, &prompt);
         let mut attempt = 0u32;
         loop {
             match self.once(request, &body).await {
@@ -531,6 +545,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         key,
         args_model: args.model.clone(),
         api: args.api,
+        seed: args.seed,
         temperature: args.temperature,
         top_p: args.top_p,
         max_tokens: args.max_tokens,
