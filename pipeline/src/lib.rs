@@ -19,6 +19,8 @@ pub mod synth;
 pub mod tokenize;
 
 pub use error::{Error, Result};
+/// The shipped eval sets and test-set loaders (`koala-testsets`), for the leakage filter.
+pub use koala_testsets as testsets;
 /// The polars this crate is built with, so that callers (notebooks) use the same version.
 pub use polars;
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hparams;
 pub mod infer;
 pub mod model;
+pub mod notebook;
 pub mod npy;
 pub mod optim;
 pub mod plot;
@@ -43,8 +44,14 @@ pub use train::{Observer, RunOutcome, TrainConfig, TrainEvent, run};
 /// ```
 pub mod prelude {
     pub use crate::daemon::client::{
-        Client, ClientError, ClientOptions, JobFile, connect, describe_job, generate, watch,
+        Client, ClientError, ClientOptions, JobFile, Sampled, connect, describe_job, generate,
+        state_name, watch,
     };
+    pub use crate::notebook::LossHistory;
     pub use crate::train::{MetricRecord, Observer, RunOutcome, TrainConfig, TrainEvent, run};
-    pub use koala_proto::v1::{GetJobRequest, GetMetricsRequest, Job, JobSpec, JobState};
+    pub use koala_proto::v1::job_event::Kind;
+    pub use koala_proto::v1::{
+        GenerateRequest, GetJobRequest, GetMetricsRequest, Job, JobSpec, JobState, WatchJobRequest,
+        generate_request,
+    };
 }

@@ -33,54 +33,98 @@ const TICK_PX: f32 = 13.0;
 /// Draws `history` into `path`; returns the axis ranges drawn (`null` when there is no finite
 /// loss to draw).
 pub fn loss_curve(path: &Path, history: &[MetricRecord]) -> Result<serde_json::Value> {
-    let pts: Vec<(f64, f64)> = history
-        .iter()
-        .filter(|r| r.loss.is_finite())
-        .map(|r| (r.step as f64, r.loss as f64))
-        .collect();
-    if pts.is_empty() {
+    let Some(series) = Series::of(history) else {
         return Ok(serde_json::json!(null));
-    }
-    let val: Vec<(f64, f64)> = history
-        .iter()
-        .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
-        .filter(|p| p.1.is_finite())
-        .collect();
-    let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
-    let lo = pts
-        .iter()
-        .chain(&val)
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min);
-    let hi = pts
-        .iter()
-        .chain(&val)
-        .map(|p| p.1)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let (y0, y1) = (lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3));
-    let smooth: Vec<(f64, f64)> = (0..pts.len())
-        .map(|i| {
-            let s = i.saturating_sub(SMOOTH - 1);
-            let m = pts[s..=i].iter().map(|p| p.1).sum::<f64>() / (i - s + 1) as f64;
-            (pts[i].0, m)
-        })
-        .collect();
-    draw(path, &pts, &smooth, &val, (x0, x1), (y0, y1))
+    };
+    draw(BitMapBackend::new(path, SIZE).into_drawing_area(), &series)
         .map_err(|e| Error::format(path, format!("plot: {e}")))?;
-    Ok(serde_json::json!({"path": path, "x_steps": [x0, x1], "y_loss": [y0, y1]}))
+    let (x, y) = (series.x, series.y);
+    Ok(serde_json::json!({"path": path, "x_steps": [x.0, x.1], "y_loss": [y.0, y.1]}))
 }
 
-fn draw(
-    path: &Path,
-    pts: &[(f64, f64)],
-    smooth: &[(f64, f64)],
-    val: &[(f64, f64)],
-    (x0, x1): (f64, f64),
-    (y0, y1): (f64, f64),
+/// The same chart as SVG text, for notebooks and web pages (`None` when there is no finite loss
+/// to draw).
+pub fn loss_curve_svg(history: &[MetricRecord]) -> Result<Option<String>> {
+    let Some(series) = Series::of(history) else {
+        return Ok(None);
+    };
+    let mut svg = String::new();
+    draw(
+        SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
+        &series,
+    )
+    .map_err(|e| Error::Invalid(format!("loss chart: {e}")))?;
+    Ok(Some(svg))
+}
+
+/// What the chart draws: the loss per step, its moving average, the validation losses, and the
+/// axis ranges.
+struct Series {
+    pts: Vec<(f64, f64)>,
+    smooth: Vec<(f64, f64)>,
+    val: Vec<(f64, f64)>,
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+impl Series {
+    fn of(history: &[MetricRecord]) -> Option<Series> {
+        let pts: Vec<(f64, f64)> = history
+            .iter()
+            .filter(|r| r.loss.is_finite())
+            .map(|r| (r.step as f64, r.loss as f64))
+            .collect();
+        if pts.is_empty() {
+            return None;
+        }
+        let val: Vec<(f64, f64)> = history
+            .iter()
+            .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        let x = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
+        let lo = pts
+            .iter()
+            .chain(&val)
+            .map(|p| p.1)
+            .fold(f64::INFINITY, f64::min);
+        let hi = pts
+            .iter()
+            .chain(&val)
+            .map(|p| p.1)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let y = (lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3));
+        let smooth: Vec<(f64, f64)> = (0..pts.len())
+            .map(|i| {
+                let s = i.saturating_sub(SMOOTH - 1);
+                let m = pts[s..=i].iter().map(|p| p.1).sum::<f64>() / (i - s + 1) as f64;
+                (pts[i].0, m)
+            })
+            .collect();
+        Some(Series {
+            pts,
+            smooth,
+            val,
+            x,
+            y,
+        })
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    series: &Series,
 ) -> std::result::Result<(), String> {
+    let Series {
+        pts,
+        smooth,
+        val,
+        x: (x0, x1),
+        y: (y0, y1),
+    } = series;
+    let (x0, x1, y0, y1) = (*x0, *x1, *y0, *y1);
     let text = Text::new().map_err(|e| e.to_string())?;
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (left, top, right, bottom) = PLOT;
     let plot = root
