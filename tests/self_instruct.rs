@@ -669,7 +669,9 @@ fn generate_against_koala_serve_model() {
         let report = json_file(&out.join("report.json"));
         assert_eq!(report["requests"], 2, "{report}");
         assert_eq!(report["kept"], 0, "{report}");
-        let tokens = report["completion_tokens"].as_u64().expect("completion_tokens");
+        let tokens = report["completion_tokens"]
+            .as_u64()
+            .expect("completion_tokens");
         assert!((2..=32).contains(&tokens), "{report}");
         let by_reason: u64 = report["dropped_by_reason"]
             .as_object()
@@ -678,11 +680,14 @@ fn generate_against_koala_serve_model() {
             .map(|v| v.as_u64().expect("count"))
             .sum();
         assert_eq!(report["dropped"], by_reason, "{report}");
-        assert!(by_reason >= 2, "every response yields at least one dropped piece: {report}");
+        assert!(
+            by_reason >= 2,
+            "every response yields at least one dropped piece: {report}"
+        );
     }
     let texts = |dir: &str| -> Vec<(u64, String)> {
-        let journal = std::fs::read_to_string(tmp.path().join(dir).join("responses.jsonl"))
-            .expect("journal");
+        let journal =
+            std::fs::read_to_string(tmp.path().join(dir).join("responses.jsonl")).expect("journal");
         let mut v: Vec<(u64, String)> = journal
             .lines()
             .map(|l| {
@@ -698,7 +703,11 @@ fn generate_against_koala_serve_model() {
     };
     let first = texts("completions-1");
     assert_eq!(first.len(), 2);
-    assert_eq!(first, texts("completions-2"), "same run seed, different text");
+    assert_eq!(
+        first,
+        texts("completions-2"),
+        "same run seed, different text"
+    );
     drop(server);
 }
 

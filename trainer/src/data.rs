@@ -86,7 +86,7 @@ impl Dataset {
 }
 
 /// `dir/manifest.json`, parsed, with its path; `None` when there is none.
-fn read_manifest(dir: &Path) -> Result<Option<(PathBuf, serde_json::Value)>> {
+pub fn read_manifest(dir: &Path) -> Result<Option<(PathBuf, serde_json::Value)>> {
     let manifest = dir.join("manifest.json");
     if !manifest.exists() {
         return Ok(None);

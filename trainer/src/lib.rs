@@ -27,6 +27,9 @@ pub mod weights;
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use hparams::{Hyper, LossMode};
+/// The tokio the daemon client is built with, so that a notebook drives the client with the same
+/// version (and needs no `:dep tokio` of its own).
+pub use tokio;
 pub use train::{Observer, RunOutcome, TrainConfig, TrainEvent, run};
 
 /// What a notebook needs to train locally or to drive the daemon over gRPC, in one
