@@ -13,7 +13,7 @@ use koala_chart::display::escape;
 use koala_proto::v1::MetricPoint;
 
 use crate::train::MetricRecord;
-use crate::{Error, Result, plot};
+use crate::{Result, plot};
 
 /// The per-step metrics of one run, in step order.
 #[derive(Debug, Clone, Default)]
@@ -42,16 +42,7 @@ impl LossHistory {
 
     /// From a run's `metrics.jsonl`; a bad line is an error naming the file and the line.
     pub fn read(path: &Path) -> Result<LossHistory> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut records = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let r: MetricRecord = serde_json::from_str(line)
-                .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
-            records.push(r);
-        }
+        let records = crate::train::parse_metrics(path)?;
         Ok(LossHistory { records })
     }
 

@@ -901,12 +901,8 @@ pub struct MetricRecord {
     pub val_loss: Option<f32>,
 }
 
-/// Reads `metrics.jsonl`, keeping records up to `upto` and rewriting the file without later ones
-/// (a resume replays the steps after its checkpoint).
-fn read_metrics(path: &Path, upto: u64) -> Result<Vec<MetricRecord>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
+/// Every record of a `metrics.jsonl`; a bad line is an error naming the file and the line.
+pub(crate) fn parse_metrics(path: &Path) -> Result<Vec<MetricRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -915,10 +911,19 @@ fn read_metrics(path: &Path, upto: u64) -> Result<Vec<MetricRecord>> {
         }
         let r: MetricRecord = serde_json::from_str(line)
             .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
-        if r.step <= upto {
-            out.push(r);
-        }
+        out.push(r);
     }
+    Ok(out)
+}
+
+/// Reads `metrics.jsonl`, keeping records up to `upto` and rewriting the file without later ones
+/// (a resume replays the steps after its checkpoint).
+fn read_metrics(path: &Path, upto: u64) -> Result<Vec<MetricRecord>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = parse_metrics(path)?;
+    out.retain(|r| r.step <= upto);
     let mut body = String::new();
     for r in &out {
         body.push_str(&serde_json::to_string(r).unwrap_or_default());
