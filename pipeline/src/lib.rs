@@ -36,6 +36,7 @@ pub use polars;
 /// ```
 pub mod prelude {
     pub use crate::notebook::{html_table, reseat, show};
+    pub use crate::schema::{Conversation, Turn, to_dataframe};
     pub use crate::sources::{LoadOptions, load_dir};
     pub use crate::stages::config::{CurateConfig, PRESETS};
     pub use crate::stages::report::Report;
