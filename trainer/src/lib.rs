@@ -50,11 +50,11 @@ pub mod prelude {
         Client, ClientError, ClientOptions, JobFile, Sampled, connect, describe_job, generate,
         state_name, watch,
     };
-    pub use crate::notebook::LossHistory;
+    pub use crate::notebook::{LossHistory, block_on};
     pub use crate::train::{MetricRecord, Observer, RunOutcome, TrainConfig, TrainEvent, run};
     pub use koala_proto::v1::job_event::Kind;
     pub use koala_proto::v1::{
-        GenerateRequest, GetJobRequest, GetMetricsRequest, Job, JobSpec, JobState, WatchJobRequest,
-        generate_request,
+        GenerateRequest, GetJobRequest, GetMetricsRequest, Job, JobSpec, JobState, MetricPoint,
+        WatchJobRequest, generate_request,
     };
 }
