@@ -4,17 +4,22 @@
 //!
 //! * [`rows`]: the JSONL rows between the commands (responses, ratings).
 /// OpenAI-compatible chat client with retries (shared by `generate` and `judge`).
+#[cfg(feature = "run")]
 pub mod client;
 pub mod error;
 /// `eval generate`: answers from every system, resumable.
+#[cfg(feature = "run")]
 pub mod generate;
 /// `eval judge`: pairwise LLM judge, both orders, cached.
+#[cfg(feature = "run")]
 pub mod judge;
 /// `eval rate`: the blind pairwise rating web app and its database.
+#[cfg(feature = "run")]
 pub mod rate;
 pub mod report;
 pub mod rows;
 /// The systems `eval generate` asks (`--system NAME=SPEC`).
+#[cfg(feature = "run")]
 pub mod systems;
 
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ pub mod selfinstruct;
 pub mod sources;
 pub mod stages;
 pub mod synth;
+#[cfg(feature = "tokenize")]
 pub mod tokenize;
 
 pub use error::{Error, Result};

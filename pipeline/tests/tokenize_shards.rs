@@ -1,3 +1,4 @@
+#![cfg(feature = "tokenize")]
 //! The tokenize stage end to end on hand-made conversations: shards read back give exactly the
 //! assistant texts plus EOS on the loss-masked tokens, segment ids separate the examples, and the
 //! manifest describes the files. A pyarrow cross-check reads the shards when Python has pyarrow.

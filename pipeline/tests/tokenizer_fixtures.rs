@@ -1,3 +1,4 @@
+#![cfg(feature = "tokenize")]
 //! Our tokenisation against Python `tokenizers` (fixtures from scripts/gen_tokenizer_fixtures.py):
 //! the same ids and decodings for (a) the byte-level BPE our trainer makes and (b) a Llama-style
 //! SentencePiece-BPE tokenizer.json with byte fallback.

@@ -115,6 +115,30 @@ impl fmt::Display for LossHistory {
     }
 }
 
+/// Runs a future to completion on a runtime made for this call, and returns its output.
+///
+/// For the daemon client in a notebook: `block_on(async { connect(&opts).await?… })`. evcxr links
+/// each cell's dependencies into that cell, tokio included, so a runtime made in one cell is driven
+/// by that cell's copy of tokio, and a `block_on` from a later cell waits on a copy that never
+/// wakes: the cell hangs. A runtime per call (and a client per call: a connection belongs to the
+/// runtime that opened it) has no such state to carry across cells.
+///
+/// ```no_run
+/// use koala_trainer::prelude::*;
+/// let opts = ClientOptions { addr: "http://127.0.0.1:50051".into(), ..Default::default() };
+/// let job: Job = block_on(async {
+///     let mut c = connect(&opts).await?;
+///     Ok::<_, ClientError>(c.get_job(GetJobRequest { id: 1 }).await?.into_inner())
+/// })??;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn block_on<F: std::future::Future>(fut: F) -> std::io::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(fut))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,28 +178,4 @@ mod tests {
         let e = LossHistory::read(&p).unwrap_err().to_string();
         assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
     }
-}
-
-/// Runs a future to completion on a runtime made for this call, and returns its output.
-///
-/// For the daemon client in a notebook: `block_on(async { connect(&opts).await?… })`. evcxr links
-/// each cell's dependencies into that cell, tokio included, so a runtime made in one cell is driven
-/// by that cell's copy of tokio, and a `block_on` from a later cell waits on a copy that never
-/// wakes: the cell hangs. A runtime per call (and a client per call: a connection belongs to the
-/// runtime that opened it) has no such state to carry across cells.
-///
-/// ```no_run
-/// use koala_trainer::prelude::*;
-/// let opts = ClientOptions { addr: "http://127.0.0.1:50051".into(), ..Default::default() };
-/// let job: Job = block_on(async {
-///     let mut c = connect(&opts).await?;
-///     Ok::<_, ClientError>(c.get_job(GetJobRequest { id: 1 }).await?.into_inner())
-/// })??;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn block_on<F: std::future::Future>(fut: F) -> std::io::Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(rt.block_on(fut))
 }

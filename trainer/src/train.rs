@@ -187,14 +187,22 @@ pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<RunOutcome> {
     match plan {
         Plan::Cpu { workers: 1 } => run_with(&koala_kernels::cpu::CpuBackend::new(), cfg, obs),
         Plan::Cpu { workers } => run_cpu_group(workers, cfg, obs),
+        #[cfg(feature = "cuda")]
         Plan::Cuda(ordinals) => match ordinals.as_slice() {
             [one] => run_with(&open_cuda(*one)?, cfg, obs),
             many => run_cuda_group(many, cfg, obs),
         },
+        // `select::open_cuda` of a build without CUDA: the error says which feature is missing.
+        #[cfg(not(feature = "cuda"))]
+        Plan::Cuda(ordinals) => {
+            koala_kernels::select::open_cuda(ordinals.first().copied().unwrap_or(0))?;
+            Err(Error::Config("no CUDA backend in this build".into()))
+        }
     }
 }
 
 /// Opens one GPU (bf16 mixed precision) or says why it cannot.
+#[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<koala_kernels::cuda::CudaBackend> {
     match koala_kernels::select::open_cuda(ordinal)? {
         koala_kernels::select::Selected::Cuda(be) => Ok(be),
@@ -243,6 +251,7 @@ fn run_cpu_group(workers: usize, cfg: &TrainConfig, obs: &mut dyn Observer) -> R
 }
 
 /// One worker thread per GPU with NCCL; rank 0 runs on the calling thread.
+#[cfg(feature = "cuda")]
 fn run_cuda_group(
     ordinals: &[usize],
     cfg: &TrainConfig,

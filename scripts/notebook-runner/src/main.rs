@@ -14,7 +14,9 @@
 //! - it is tagged `display` and produced no `text/html` output.
 //!
 //! Without `--write`, each cell's outputs must also equal the outputs saved in the notebook, so a
-//! committed notebook whose outputs are stale fails. With `--write`, the outputs are saved instead.
+//! committed notebook whose outputs are stale fails. Cells whose numbers depend on the machine are
+//! tagged `volatile-numbers` (numbers masked) or `volatile` (kinds of output only); see
+//! [`comparable`]. With `--write`, the outputs are saved instead.
 //! `--lock` copies a `Cargo.lock` into `EVCXR_TMPDIR` before each notebook, so that `:dep` builds
 //! the versions the workspace locks.
 use std::path::{Path, PathBuf};
@@ -140,6 +142,51 @@ fn has_tag(cell: &Value, tag: &str) -> bool {
         .is_some_and(|t| t.iter().any(|v| v.as_str() == Some(tag)))
 }
 
+/// A cell's outputs as the stale check compares them. Most cells are compared exactly. A cell
+/// whose numbers depend on the machine (a training run's losses: the CPU's SIMD path and thread
+/// count change the last bits, and the chart's coordinates with them) is tagged
+/// `volatile-numbers`: every number is replaced by `#`, so the text, the table and the chart's
+/// shape are still compared. A cell tagged `volatile` (a sample from that model) is compared on
+/// the kinds of output it made only.
+fn comparable(cell: &Value, outputs: &Value) -> Value {
+    if has_tag(cell, "volatile") {
+        let kinds = outputs.as_array().map(|outs| {
+            outs.iter()
+                .map(|o| {
+                    let mut keys: Vec<&str> = o["data"]
+                        .as_object()
+                        .map(|d| d.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    keys.sort_unstable();
+                    json!([o["output_type"], o["name"], keys])
+                })
+                .collect::<Vec<_>>()
+        });
+        return json!(kinds);
+    }
+    if has_tag(cell, "volatile-numbers") {
+        return Value::String(mask_numbers(&outputs.to_string()));
+    }
+    outputs.clone()
+}
+
+/// `text` with each run of digits (with the points between them) replaced by `#`.
+fn mask_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            while chars.peek().is_some_and(|n| n.is_ascii_digit() || *n == '.') {
+                chars.next();
+            }
+            out.push('#');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// nbformat's multi-line string: one entry a line, each but the last ending in `\n`.
 fn lines_value(text: &str) -> Value {
     Value::Array(
@@ -245,11 +292,11 @@ fn run_notebook(path: &Path, args: &Args) -> Result<bool> {
         if args.write {
             cell["outputs"] = produced;
             cell["execution_count"] = json!(count);
-        } else if cell["outputs"] != produced {
+        } else if comparable(cell, &cell["outputs"]) != comparable(cell, &produced) {
             ok = false;
             println!(
                 "{at}: saved outputs are stale (rerun scripts/run-notebooks.sh --write):\n{}",
-                first_difference(&cell["outputs"], &produced)
+                first_difference(&comparable(cell, &cell["outputs"]), &comparable(cell, &produced))
             );
         }
     }
