@@ -30,6 +30,28 @@ runner="$cache/notebook-runner/bin/koala-notebook-runner"
 cargo build --quiet --bin koala
 export KOALA_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/koala"
 
+# evcxr's build folder must stay outside /root (it cannot load cells from there), but a CI machine
+# may keep only ~/.cache between runs. So the compiled dependencies are also kept in
+# $cache/evcxr-target: restored when EVCXR_TMPDIR has none, saved again when a run built new ones.
+store="$cache/evcxr-target"
+if [ ! -d "$EVCXR_TMPDIR/target" ] && [ -d "$store/target" ]; then
+  echo "== restoring evcxr's compiled dependencies from $store"
+  cp -a "$store/target" "$EVCXR_TMPDIR/"
+fi
+save_build() {
+  if [ -d "$EVCXR_TMPDIR/target" ] && { [ ! -e "$store/stamp" ] ||
+    [ -n "$(find "$EVCXR_TMPDIR/target" -name '*.rlib' -newer "$store/stamp" -print -quit)" ]; }; then
+    echo "== saving evcxr's compiled dependencies to $store"
+    rm -rf "$store" && mkdir -p "$store"
+    touch "$store/stamp"
+    # The cells' own libraries and incremental state are rebuilt every run anyway.
+    cp -a "$EVCXR_TMPDIR/target" "$store/"
+    find "$store/target" -name 'libcode_*' -delete
+    find "$store/target" -maxdepth 4 -type d -name incremental -prune -exec rm -rf {} +
+  fi
+}
+trap 'save_build || echo "warning: could not save evcxr build folder to $store" >&2' EXIT
+
 args=(--lock "$root/Cargo.lock")
 if [ "${1:-}" = "--write" ]; then
   args+=(--write)
