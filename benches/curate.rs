@@ -9,8 +9,10 @@
 //! with the built `koala` binary otherwise). Goal: < 30 s and < 6 GB peak RSS on 2 cores.
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
+
+#[path = "common/corpus.rs"]
+mod corpus;
 
 use koala_pipeline::schema::from_dataframe;
 use koala_pipeline::sources::{LoadOptions, load_dir};
@@ -38,23 +40,7 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let data = match std::env::var_os("KOALA_BENCH_DATA") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let d = std::env::temp_dir().join("koala-bench-synth-koala");
-            if !d.join(".complete").exists() {
-                let t = Instant::now();
-                let st = Command::new(env!("CARGO_BIN_EXE_koala"))
-                    .args(["synth", "--scale", "koala", "--out"])
-                    .arg(&d)
-                    .status()?;
-                anyhow::ensure!(st.success(), "koala synth failed");
-                std::fs::write(d.join(".complete"), b"")?;
-                println!("synth: {:.1} s", t.elapsed().as_secs_f64());
-            }
-            d
-        }
-    };
+    let data = corpus::koala_corpus(env!("CARGO_BIN_EXE_koala").as_ref())?;
     let mut cfg = CurateConfig::load(&root.join("pipeline/presets/koala-all.toml"))?;
     cfg.leakage.enabled = false;
 

@@ -24,6 +24,11 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+
+#[path = "common/corpus.rs"]
+mod corpus;
+#[path = "common/stats.rs"]
+mod stats;
 use polars::prelude::{ParquetReader, SerReader};
 
 /// One child process's cost.
@@ -70,9 +75,10 @@ fn measure(cmd: &mut Command) -> Result<Cost> {
     })
 }
 
+/// The median (nearest rank) of `xs`.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    stats::percentile(&xs, 50.0)
 }
 
 /// Medians of each figure over the rounds.
@@ -82,25 +88,6 @@ fn summarize(runs: &[Cost]) -> Cost {
         cpu_s: median(runs.iter().map(|c| c.cpu_s).collect()),
         peak_rss_mib: median(runs.iter().map(|c| c.peak_rss_mib).collect()),
     }
-}
-
-/// The Koala-scale synthetic corpus, generated with the built `koala` binary once.
-fn corpus() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("KOALA_BENCH_DATA") {
-        return Ok(PathBuf::from(d));
-    }
-    let d = std::env::temp_dir().join("koala-bench-synth-koala");
-    if !d.join(".complete").exists() {
-        let t = Instant::now();
-        let st = Command::new(env!("CARGO_BIN_EXE_koala"))
-            .args(["synth", "--scale", "koala", "--out"])
-            .arg(&d)
-            .status()?;
-        ensure!(st.success(), "koala synth failed");
-        std::fs::write(d.join(".complete"), b"")?;
-        println!("synth: {:.1} s", t.elapsed().as_secs_f64());
-    }
-    Ok(d)
 }
 
 /// A folder holding only the corpus' ShareGPT files (copied once), so that every run reads the
@@ -227,7 +214,7 @@ fn main() -> Result<()> {
         .context("KOALA_BENCH_ROUNDS")?
         .unwrap_or(3)
         .max(1);
-    let input = sharegpt_only(&corpus()?)?;
+    let input = sharegpt_only(&corpus::koala_corpus(env!("CARGO_BIN_EXE_koala").as_ref())?)?;
     let out = std::env::temp_dir().join("koala-bench-peers-out");
     println!(
         "input: {} (ShareGPT only), {rounds} rounds",
