@@ -176,8 +176,11 @@ fn peer_sets(out: &Path) -> Result<(HashSet<String>, HashMap<String, String>)> {
 }
 
 /// Prints how two kept sets differ, each difference counted by the other side's drop reason.
-fn compare(peer: &str, ours: &Path, theirs: &Path) -> Result<()> {
-    let (ok, owhy) = ours_sets(ours)?;
+fn compare(
+    peer: &str,
+    (ok, owhy): &(HashSet<String>, HashMap<String, String>),
+    theirs: &Path,
+) -> Result<()> {
     let (pk, pwhy) = peer_sets(theirs)?;
     let both = ok.intersection(&pk).count();
     println!(
@@ -199,7 +202,7 @@ fn compare(peer: &str, ours: &Path, theirs: &Path) -> Result<()> {
     for (reason, n) in tally(ok.difference(&pk).collect(), &pwhy) {
         println!("  kept by ours, dropped by {peer} as {reason}: {n}");
     }
-    for (reason, n) in tally(pk.difference(&ok).collect(), &owhy) {
+    for (reason, n) in tally(pk.difference(ok).collect(), owhy) {
         println!("  kept by {peer}, dropped by ours as {reason}: {n}");
     }
     Ok(())
@@ -296,10 +299,11 @@ fn main() -> Result<()> {
         );
     }
     if !peers.is_empty() {
+        let ours = ours_sets(&ours_out)?;
         for cleanup in ["none", "fastchat"] {
             compare(
                 &format!("python-{cleanup}"),
-                &ours_out,
+                &ours,
                 &out.join(format!("python-{cleanup}")),
             )?;
         }
