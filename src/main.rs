@@ -42,6 +42,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Sample from a checkpoint (temperature, top-k, top-p, stop string, KV-cache).
     Generate(cmd::generate::Args),
+    /// Export a model for other runtimes: `gguf` writes one file for llama.cpp and Ollama.
+    Export(cmd::export::Args),
     /// Serve models over the OpenAI HTTP API, with a chat page at `/` (see docs/serving.md).
     ServeModel(cmd::serve_model::Args),
     /// Run the gRPC trainer daemon (see docs/daemon.md).
@@ -85,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::ServeModel(a) => cmd::serve_model::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Submit(a) => cmd::submit::run(a),

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::isa::Isa;
 use crate::kv::KvCache;
-use crate::weights::{Tensor, Weights};
+use crate::weights::{Tensor, View, Weights};
 use crate::{Error, Result};
 
 /// Index of a projection weight: layer `l`'s q, k, v, o, gate, up, down are `7l..7l+7`; the
@@ -52,7 +52,10 @@ impl Projector for CpuProjector {
         m: usize,
     ) -> Result<()> {
         let (n, k) = (w.shape[0], w.shape[1]);
-        crate::linear::linear(out, x, w.as_slice(), m, k, n);
+        match w.view() {
+            View::F32(w) => crate::linear::linear(out, x, w, m, k, n),
+            View::Bf16(w) => crate::linear::linear(out, x, w, m, k, n),
+        }
         Ok(())
     }
 }
@@ -72,7 +75,7 @@ where
     pub fn new(be: B, w: &Weights) -> Result<Self> {
         let mut bufs = Vec::new();
         for t in projection_weights(w) {
-            bufs.push(be.upload(t.as_slice())?);
+            bufs.push(be.upload(&t.to_f32())?);
         }
         Ok(BackendProjector { be, bufs })
     }

@@ -6,14 +6,17 @@
 //! * [`engine`]: the batched KV-cache decoding engine (continuous batching on a worker thread);
 //! * [`sampling`]: temperature, top-k, top-p;
 //! * [`text`]: incremental detokenisation with stop strings that may span tokens;
+//! * [`gguf`]: export to GGUF for llama.cpp and Ollama, with a LoRA adapter merged ([`lora`]);
 //! * [`watermark`]: a keyed green-list watermark (Kirchenbauer et al. 2023) and its detector.
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forward;
+pub mod gguf;
 pub mod isa;
 pub mod kv;
 pub mod linear;
+pub mod lora;
 pub mod sampling;
 pub mod text;
 pub mod watermark;
@@ -25,4 +28,4 @@ pub use error::{Error, Result};
 pub use sampling::SampleParams;
 pub use text::TextStream;
 pub use watermark::Watermark;
-pub use weights::Weights;
+pub use weights::{WeightDtype, Weights};

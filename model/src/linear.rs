@@ -13,9 +13,78 @@
 //! is, whichever tile computes it and wherever row `i` sits in the batch: a sequence decodes to the
 //! same bits alone or in a batch of 16. The SIMD width is picked at run time (AVX-512, AVX2 + FMA,
 //! or portable code); all three give results within rounding of the others, not equal bits.
+//!
+//! Weights are `f32` or `bf16` ([`WeightElem`]). A `bf16` weight is widened to `f32` exactly (a
+//! 16-bit shift) as it is loaded and accumulated in `f32`, so the activations keep full precision
+//! and the bytes read per step halve.
+use half::bf16;
 use rayon::prelude::*;
 
 use crate::isa::Isa;
+
+/// A weight element type: `f32`, or `bf16` widened exactly to `f32` on load.
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    /// The value as `f32` (exact for both types).
+    fn to_f32(self) -> f32;
+    /// 16 values from `p`, widened.
+    ///
+    /// # Safety
+    /// `p` points at 16 readable values, and the CPU has avx512f.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// 8 values from `p`, widened.
+    ///
+    /// # Safety
+    /// `p` points at 8 readable values, and the CPU has avx2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl WeightElem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (16 × 2 bytes readable, avx512f).
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (8 × 2 bytes readable, avx2).
+        unsafe {
+            let h = _mm_loadu_si128(p.cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+}
 
 /// Fewest output rows per rayon task (a multiple of every kernel's row tile).
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -34,12 +103,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// koala_model::linear::linear(&mut y, &x, &w, 1, 3, 2);
 /// assert_eq!(y, [-2.0, -2.0]);
 /// ```
-pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
+pub fn linear<W: WeightElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, k: usize, n: usize) {
     assert!(out.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
     if m == 0 || n == 0 {
         return;
     }
-    let kernel = pick();
+    let kernel = pick::<W>();
     let o = Out(out.as_mut_ptr());
     let threads = rayon::current_num_threads();
     if threads == 1 || m * n * k < 1 << 16 {
@@ -74,29 +143,29 @@ unsafe impl Sync for Out {}
 /// `out` must hold `m * n` floats, `x` `m * k`, `w` `n * k`; nobody else may touch columns
 /// `j0..j1` of `out` meanwhile.
 #[allow(clippy::too_many_arguments)]
-type Kernel = unsafe fn(Out, &[f32], &[f32], usize, usize, usize, usize, usize);
+type Kernel<W> = unsafe fn(Out, &[f32], &[W], usize, usize, usize, usize, usize);
 
-fn pick() -> Kernel {
+fn pick<W: WeightElem>() -> Kernel<W> {
     version(Isa::detect())
 }
 
 /// The kernel of one instruction set.
-fn version(isa: Isa) -> Kernel {
+fn version<W: WeightElem>(isa: Isa) -> Kernel<W> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::rows_avx512,
+        Isa::Avx512 => x86::rows_avx512::<W>,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => x86::rows_avx2,
-        _ => rows_portable,
+        Isa::Avx2Fma => x86::rows_avx2::<W>,
+        _ => rows_portable::<W>,
     }
 }
 
 /// Portable kernel: 8 lanes of independent accumulators per (row, input), fixed reduction.
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_portable(
+unsafe fn rows_portable<W: WeightElem>(
     out: Out,
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     m: usize,
     k: usize,
     n: usize,
@@ -111,13 +180,13 @@ unsafe fn rows_portable(
             let body = k - k % 8;
             for c in (0..body).step_by(8) {
                 for l in 0..8 {
-                    acc[l] += wr[c + l] * xr[c + l];
+                    acc[l] += wr[c + l].to_f32() * xr[c + l];
                 }
             }
             let mut s =
                 ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
             for c in body..k {
-                s += wr[c] * xr[c];
+                s += wr[c].to_f32() * xr[c];
             }
             // SAFETY: i < m, j < n, and column j is this call's (the caller's contract).
             unsafe { *out.0.add(i * n + j) = s };
@@ -131,16 +200,16 @@ mod x86 {
 
     use crate::isa::hsum256;
 
-    use super::Out;
+    use super::{Out, WeightElem};
 
     /// AVX2 inputs per block: 2 weight rows × 4 inputs = 8 accumulators, 6 loads per 8 FMAs.
     const XB: usize = 4;
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn rows_avx512(
+    pub(super) unsafe fn rows_avx512<W: WeightElem>(
         out: Out,
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         m: usize,
         k: usize,
         n: usize,
@@ -152,10 +221,10 @@ mod x86 {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn rows_avx2(
+    pub(super) unsafe fn rows_avx2<W: WeightElem>(
         out: Out,
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         m: usize,
         k: usize,
         n: usize,
@@ -168,10 +237,10 @@ mod x86 {
 
     /// The scalar tail of one dot product (`k % lanes` elements).
     #[inline(always)]
-    fn tail(wr: &[f32], xr: &[f32], from: usize) -> f32 {
+    fn tail<W: WeightElem>(wr: &[W], xr: &[f32], from: usize) -> f32 {
         let mut s = 0f32;
         for c in from..wr.len() {
-            s += wr[c] * xr[c];
+            s += wr[c].to_f32() * xr[c];
         }
         s
     }
@@ -236,10 +305,10 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512(
+    unsafe fn avx512<W: WeightElem>(
         out: Out,
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         m: usize,
         k: usize,
         n: usize,
@@ -303,9 +372,9 @@ mod x86 {
 
     /// Weight rows `j..j+R` against inputs `i..i+B`.
     #[derive(Clone, Copy)]
-    struct Tile<'a> {
+    struct Tile<'a, W> {
         x: &'a [f32],
-        w: &'a [f32],
+        w: &'a [W],
         k: usize,
         n: usize,
         i: usize,
@@ -315,7 +384,7 @@ mod x86 {
         p1: usize,
     }
 
-    impl Tile<'_> {
+    impl<W: WeightElem> Tile<'_, W> {
         /// # Safety
         /// Rows `j..j+R` of `w` and inputs `i..i+B` of `x` exist, `out` holds `[m, n]`, and its
         /// columns `j..j+R` are the caller's alone; the CPU has avx512f.
@@ -349,7 +418,7 @@ mod x86 {
                         *v = _mm512_loadu_ps(xp.add((i + bb) * k + c));
                     }
                     for (rr, row) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_loadu_ps(wp.add((j + rr) * k + c));
+                        let wv = W::load16(wp.add((j + rr) * k + c));
                         for (a, &xb) in row.iter_mut().zip(&xv) {
                             *a = _mm512_fmadd_ps(wv, xb, *a);
                         }
@@ -388,10 +457,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(
+    unsafe fn avx2<W: WeightElem>(
         out: Out,
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         m: usize,
         k: usize,
         n: usize,
@@ -417,8 +486,8 @@ mod x86 {
                 while c < body {
                     // SAFETY: c + 8 <= body <= k for every row slice.
                     unsafe {
-                        let v0 = _mm256_loadu_ps(w0.as_ptr().add(c));
-                        let v1 = _mm256_loadu_ps(w1.as_ptr().add(c));
+                        let v0 = W::load8(w0.as_ptr().add(c));
+                        let v1 = W::load8(w1.as_ptr().add(c));
                         for b in 0..nb {
                             let xv = _mm256_loadu_ps(x.as_ptr().add((i + b) * k + c));
                             a0[b] = _mm256_fmadd_ps(v0, xv, a0[b]);
@@ -490,7 +559,7 @@ mod tests {
             }
             // Every kernel this CPU can run, the portable fallback included (picked where the
             // CPU has neither AVX-512 nor AVX2), over the whole matrix and over a column range.
-            for (name, kernel) in kernels() {
+            for (name, kernel) in kernels::<f32>() {
                 let mut p = vec![f32::NAN; m * n];
                 let mid = (n / 2).next_multiple_of(4).min(n);
                 // SAFETY: `p`, `x` and `w` have their shapes; the two calls own disjoint columns.
@@ -508,7 +577,41 @@ mod tests {
         }
     }
 
-    fn kernels() -> Vec<(Isa, Kernel)> {
+    #[test]
+    fn bf16_weights_match_f64_reference_of_the_rounded_weights() {
+        for &(m, k, n) in &[
+            (1, 3, 2),
+            (1, 512, 1000),
+            (5, 37, 67),
+            (16, 130, 33),
+            (4, 64, 4),
+        ] {
+            let x = data(m * k, 7);
+            let w: Vec<bf16> = data(n * k, 11).into_iter().map(bf16::from_f32).collect();
+            let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let r = reference(&x, &wf, m, k, n);
+            let mut y = vec![f32::NAN; m * n];
+            linear(&mut y, &x, &w, m, k, n);
+            let close = |a: f32, b: f64| (a as f64 - b).abs() < 1e-4 * (1.0 + b.abs());
+            for (a, b) in y.iter().zip(&r) {
+                assert!(close(*a, *b), "{m}x{k}x{n}: {a} vs {b}");
+            }
+            for (name, kernel) in kernels::<bf16>() {
+                let mut p = vec![f32::NAN; m * n];
+                // SAFETY: `p`, `x` and `w` have their shapes.
+                unsafe { kernel(Out(p.as_mut_ptr()), &x, &w, m, k, n, 0, n) };
+                for (a, b) in p.iter().zip(&r) {
+                    assert!(close(*a, *b), "{name:?} {m}x{k}x{n}: {a} vs {b}");
+                }
+            }
+            // The same weights as f32 give the same bits: widening is exact.
+            let mut yf = vec![f32::NAN; m * n];
+            linear(&mut yf, &x, &wf, m, k, n);
+            assert_eq!(y, yf);
+        }
+    }
+
+    fn kernels<W: WeightElem>() -> Vec<(Isa, Kernel<W>)> {
         Isa::available()
             .into_iter()
             .map(|i| (i, version(i)))

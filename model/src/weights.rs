@@ -5,10 +5,16 @@
 //! `f16`/`bf16` tensors, and `f32` tensors whose offset in the file is not 4-byte aligned, are
 //! converted once into owned `f32` buffers. Both single files (`model.safetensors`) and sharded
 //! checkpoints (`model.safetensors.index.json`) load; tensor names are Hugging Face's.
+//!
+//! With [`WeightDtype::Bf16`] the projection matrices and the output head are kept as `bf16`
+//! instead (mapped in place from a `bf16` file, else rounded once to nearest even), which halves
+//! the bytes a decoding step reads; embeddings and norm weights stay `f32`.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use half::bf16;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -23,6 +29,29 @@ enum Data {
         len: usize,
     },
     Owned(Vec<f32>),
+    /// `len` bf16 values at byte `offset` of a shared memory map.
+    Bf16Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Bf16Owned(Vec<bf16>),
+}
+
+/// How projection weights are kept in memory (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// `f32`, as Hugging Face computes (the default: greedy tokens equal transformers').
+    #[default]
+    F32,
+    /// `bf16` projections with `f32` accumulation: half the bytes per decoded token.
+    Bf16,
+}
+
+/// A tensor's values in their stored type.
+pub enum View<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
 }
 
 /// One tensor, row-major, as `f32`.
@@ -41,22 +70,71 @@ impl Tensor {
         }
     }
 
-    /// The values.
-    pub fn as_slice(&self) -> &[f32] {
+    /// The values in their stored type.
+    pub fn view(&self) -> View<'_> {
         match &self.data {
-            Data::Owned(v) => v,
+            Data::Owned(v) => View::F32(v),
             Data::Mapped { map, offset, len } => {
                 let bytes = &map[*offset..*offset + *len * 4];
                 // The offset was checked to be 4-byte aligned when the view was made, and the
                 // map outlives `self`.
-                bytemuck_cast(bytes)
+                View::F32(bytemuck_cast(bytes))
             }
+            Data::Bf16Owned(v) => View::Bf16(v),
+            Data::Bf16Mapped { map, offset, len } => {
+                let bytes = &map[*offset..*offset + *len * 2];
+                // SAFETY: the offset was checked to be 2-byte aligned when the view was made;
+                // bf16 is a plain 16-bit value, and every bit pattern is valid.
+                View::Bf16(unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr().cast::<bf16>(), *len)
+                })
+            }
+        }
+    }
+
+    /// The values of an `f32` tensor. Embeddings and norm weights are always `f32`.
+    ///
+    /// # Panics
+    /// On a `bf16` projection weight (loaded with [`WeightDtype::Bf16`]): use [`Tensor::view`]
+    /// or [`Tensor::to_f32`].
+    pub fn as_slice(&self) -> &[f32] {
+        match self.view() {
+            View::F32(v) => v,
+            View::Bf16(_) => panic!("as_slice on a bf16 tensor: use view() or to_f32()"),
+        }
+    }
+
+    /// The values as `f32`, widened when stored as `bf16` (exactly).
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        match self.view() {
+            View::F32(v) => Cow::Borrowed(v),
+            View::Bf16(v) => Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
+        }
+    }
+
+    /// Bytes the values take.
+    pub fn bytes(&self) -> usize {
+        match self.view() {
+            View::F32(v) => v.len() * 4,
+            View::Bf16(v) => v.len() * 2,
         }
     }
 
     /// Whether the values are read straight from the file's memory map.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.data, Data::Mapped { .. })
+        matches!(self.data, Data::Mapped { .. } | Data::Bf16Mapped { .. })
+    }
+
+    /// This tensor as `bf16`: `bf16` stays as is, `f32` is rounded to nearest even.
+    fn into_bf16(self) -> Tensor {
+        if matches!(self.view(), View::Bf16(_)) {
+            return self;
+        }
+        let data = Data::Bf16Owned(self.as_slice().iter().map(|x| bf16::from_f32(*x)).collect());
+        Tensor {
+            shape: self.shape,
+            data,
+        }
     }
 
     /// Number of elements.
@@ -95,7 +173,8 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     /// The final RMSNorm weight, `[hidden]`.
     pub norm: Tensor,
-    /// `[vocab, hidden]`; `None` when the embeddings are tied.
+    /// `[vocab, hidden]`; `None` when the embeddings are tied (except with
+    /// [`WeightDtype::Bf16`], which keeps a `bf16` copy of them here).
     pub lm_head: Option<Tensor>,
     /// The directory it was loaded from.
     pub dir: PathBuf,
@@ -109,6 +188,11 @@ impl Weights {
     /// println!("{} layers, {} parameters", w.layers.len(), w.n_params());
     /// ```
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, WeightDtype::F32)
+    }
+
+    /// Loads like [`Weights::load`], keeping the projections and the output head as `dtype`.
+    pub fn load_as(dir: &Path, dtype: WeightDtype) -> Result<Self> {
         let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
         let mut map = TensorMap::open(dir)?;
         let (c, q, kv, im, v) = (
@@ -124,21 +208,33 @@ impl Weights {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
                 attn_norm: map.take(&format!("{p}.input_layernorm.weight"), &[c])?,
-                q: map.take(&format!("{p}.self_attn.q_proj.weight"), &[q, c])?,
-                k: map.take(&format!("{p}.self_attn.k_proj.weight"), &[kv, c])?,
-                v: map.take(&format!("{p}.self_attn.v_proj.weight"), &[kv, c])?,
-                o: map.take(&format!("{p}.self_attn.o_proj.weight"), &[c, q])?,
+                q: map.take_as(&format!("{p}.self_attn.q_proj.weight"), &[q, c], dtype)?,
+                k: map.take_as(&format!("{p}.self_attn.k_proj.weight"), &[kv, c], dtype)?,
+                v: map.take_as(&format!("{p}.self_attn.v_proj.weight"), &[kv, c], dtype)?,
+                o: map.take_as(&format!("{p}.self_attn.o_proj.weight"), &[c, q], dtype)?,
                 mlp_norm: map.take(&format!("{p}.post_attention_layernorm.weight"), &[c])?,
-                gate: map.take(&format!("{p}.mlp.gate_proj.weight"), &[im, c])?,
-                up: map.take(&format!("{p}.mlp.up_proj.weight"), &[im, c])?,
-                down: map.take(&format!("{p}.mlp.down_proj.weight"), &[c, im])?,
+                gate: map.take_as(&format!("{p}.mlp.gate_proj.weight"), &[im, c], dtype)?,
+                up: map.take_as(&format!("{p}.mlp.up_proj.weight"), &[im, c], dtype)?,
+                down: map.take_as(&format!("{p}.mlp.down_proj.weight"), &[c, im], dtype)?,
             });
         }
         let norm = map.take("model.norm.weight", &[c])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
+        let lm_head = if !cfg.tie_word_embeddings {
+            Some(map.take_as("lm_head.weight", &[v, c], dtype)?)
+        } else if dtype == WeightDtype::Bf16 {
+            // The head is read whole every step: a bf16 copy of the tied embeddings.
+            Some(Tensor {
+                shape: embed.shape.clone(),
+                data: Data::Bf16Owned(
+                    embed
+                        .as_slice()
+                        .iter()
+                        .map(|x| bf16::from_f32(*x))
+                        .collect(),
+                ),
+            })
         } else {
-            Some(map.take("lm_head.weight", &[v, c])?)
+            None
         };
         Ok(Weights {
             cfg,
@@ -180,18 +276,37 @@ impl Weights {
         self.embed.numel()
             + per_layer
             + self.norm.numel()
-            + self.lm_head.as_ref().map_or(0, Tensor::numel)
+            + if self.cfg.tie_word_embeddings {
+                0
+            } else {
+                self.lm_head.as_ref().map_or(0, Tensor::numel)
+            }
     }
 
-    /// Bytes of weights read to decode one token: every projection and the output head (the
-    /// embedding table is read one row at a time).
+    /// Bytes of weights read to decode one token: every projection, the output head and the
+    /// norm weights (the embedding table is read one row at a time), in their stored types.
     pub fn bytes_per_token(&self) -> usize {
-        let unread_embed = if self.lm_head.is_some() {
-            self.embed.numel()
-        } else {
-            0
-        };
-        (self.n_params() - unread_embed) * 4
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.attn_norm,
+                    &l.q,
+                    &l.k,
+                    &l.v,
+                    &l.o,
+                    &l.mlp_norm,
+                    &l.gate,
+                    &l.up,
+                    &l.down,
+                ]
+                .iter()
+                .map(|t| t.bytes())
+                .sum::<usize>()
+            })
+            .sum();
+        layers + self.norm.bytes() + self.head().bytes()
     }
 }
 
@@ -265,6 +380,31 @@ impl TensorMap {
             maps.push((path, map));
         }
         Ok(TensorMap { entries, maps })
+    }
+
+    /// Takes tensor `name` as `dtype`: a `bf16` tensor in the file is mapped in place when
+    /// `bf16` is asked for.
+    fn take_as(&mut self, name: &str, shape: &[usize], dtype: WeightDtype) -> Result<Tensor> {
+        if dtype == WeightDtype::Bf16
+            && let Some((fi, Dtype::BF16, got, off, nbytes)) = self.entries.get(name).cloned()
+            && got == shape
+            && (self.maps[fi].1.as_ptr() as usize + off).is_multiple_of(2)
+        {
+            self.entries.remove(name);
+            return Ok(Tensor {
+                shape: got,
+                data: Data::Bf16Mapped {
+                    map: self.maps[fi].1.clone(),
+                    offset: off,
+                    len: nbytes / 2,
+                },
+            });
+        }
+        let t = self.take(name, shape)?;
+        Ok(match dtype {
+            WeightDtype::F32 => t,
+            WeightDtype::Bf16 => t.into_bf16(),
+        })
     }
 
     /// Takes tensor `name`, checking its shape.

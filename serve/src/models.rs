@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use koala_format::{ChatTemplateFormat, Format, KoalaFormat, Piece, Special, Turn};
 use koala_model::text::Tokenizer;
-use koala_model::{Engine, EngineConfig, Weights};
+use koala_model::{Engine, EngineConfig, WeightDtype, Weights};
 
 use crate::api::ApiError;
 
@@ -55,7 +55,20 @@ impl Served {
         device: &str,
         limits: EngineConfig,
     ) -> Result<Self, LoadError> {
-        let w = Arc::new(Weights::load(dir)?);
+        Self::load_as(name, dir, format, device, limits, WeightDtype::F32)
+    }
+
+    /// [`Served::load`], keeping the projection weights as `dtype` (`bf16` halves the bytes read
+    /// per decoded token; see `koala_model::weights`).
+    pub fn load_as(
+        name: &str,
+        dir: &Path,
+        format: FormatName,
+        device: &str,
+        limits: EngineConfig,
+        dtype: WeightDtype,
+    ) -> Result<Self, LoadError> {
+        let w = Arc::new(Weights::load_as(dir, dtype)?);
         let tk_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tk_path).map_err(|e| LoadError::Tokenizer {
             path: tk_path.clone(),

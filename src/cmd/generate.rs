@@ -1,12 +1,17 @@
 //! `koala generate --model DIR --prompt TEXT`: one prompt through the inference engine
 //! (koala-model), with temperature, top-k, top-p, stop strings and an optional watermark.
+//! Standard error ends with `decode: N tokens in S s = X tokens/s`, timed from the first
+//! generated token to the last, so that scripts can compare runs.
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use koala_model::text::{TextStream, Tokenizer};
-use koala_model::{Engine, EngineConfig, Event, Request, SampleParams, Watermark, Weights};
+use koala_model::{
+    Engine, EngineConfig, Event, Request, SampleParams, Watermark, WeightDtype, Weights,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,6 +45,10 @@ pub struct Args {
     /// `cpu`, `cuda:N` or `auto` (CUDA when a GPU is usable).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How the projection weights are held: `f32` (transformers' numbers) or `bf16` (half the
+    /// bytes read per token, accumulated in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
     /// Watermark the output with this key (see docs/watermark.md).
     #[arg(long)]
     watermark_key: Option<String>,
@@ -49,8 +58,24 @@ pub struct Args {
     watermark_delta: f32,
 }
 
+/// `--dtype` of `generate` and `serve-model`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+impl From<DtypeArg> for WeightDtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => WeightDtype::F32,
+            DtypeArg::Bf16 => WeightDtype::Bf16,
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let w = Arc::new(Weights::load(&args.model)?);
+    let w = Arc::new(Weights::load_as(&args.model, args.dtype.into())?);
     let stop_tokens = w.cfg.eos_ids();
     let engine = Engine::on_device(w, &args.device, EngineConfig::default())?;
     let params = SampleParams {
@@ -71,20 +96,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stop_tokens: stop_tokens.clone(),
         watermark: watermark.clone(),
     };
+    let mut rate = DecodeRate::default();
     match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => {
             if ids.is_empty() {
                 bail!("--prompt-ids is empty");
             }
-            let out = engine.generate(request(ids.clone()))?;
-            println!(
-                "{}",
-                out.tokens
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            let mut stream = engine.submit(request(ids.clone()))?;
+            let mut tokens = Vec::new();
+            while let Some(ev) = stream.blocking_next() {
+                match ev {
+                    Event::Token(t) => {
+                        rate.token();
+                        tokens.push(t.to_string());
+                    }
+                    Event::Done { .. } => break,
+                    Event::Failed(m) => bail!("generation failed: {m}"),
+                }
+            }
+            println!("{}", tokens.join(","));
         }
         (Some(prompt), None) => {
             let tk_path = args
@@ -106,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             while let Some(ev) = stream.blocking_next() {
                 match ev {
                     Event::Token(t) => {
+                        rate.token();
                         let d = text.push(t)?;
                         write!(out, "{}", d.text)?;
                         out.flush()?;
@@ -124,5 +155,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
     }
+    eprintln!("{}", rate.line());
     Ok(())
+}
+
+/// The decode rate, from the first generated token to the last: the prompt's prefill (which
+/// ends with the first token) is left out, as llama.cpp's `eval time` leaves it out.
+#[derive(Default)]
+struct DecodeRate {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    tokens: usize,
+}
+
+impl DecodeRate {
+    fn token(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.tokens += 1;
+    }
+
+    /// `decode: N tokens in S s = X tokens/s`, where N counts the tokens after the first.
+    fn line(&self) -> String {
+        let n = self.tokens.saturating_sub(1);
+        let s = match (self.first, self.last) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let rate = if s > 0.0 { n as f64 / s } else { 0.0 };
+        format!("decode: {n} tokens in {s:.3} s = {rate:.1} tokens/s")
+    }
 }

@@ -3,6 +3,7 @@ pub mod bleu;
 pub mod curate;
 pub mod decontaminate;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod jobs;
 pub mod load;

@@ -26,6 +26,9 @@ pub struct Args {
     /// `cpu`, `cuda:N`, or `auto` (CUDA when a GPU is usable).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// How the projection weights are held: `f32`, or `bf16` (half the bytes per token).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: super::generate::DtypeArg,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
@@ -81,8 +84,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if models.iter().any(|m: &Arc<Served>| m.name == name) {
             bail!("--model: two models are named `{name}`; use NAME=DIR");
         }
-        let served = Served::load(&name, &dir, args.format, &args.device, limits.clone())
-            .with_context(|| format!("loading --model {spec}"))?;
+        let served = Served::load_as(
+            &name,
+            &dir,
+            args.format,
+            &args.device,
+            limits.clone(),
+            args.dtype.into(),
+        )
+        .with_context(|| format!("loading --model {spec}"))?;
         tracing::info!(model = %name, dir = %dir.display(), device = served.engine.device(), "loaded");
         models.push(Arc::new(served));
     }

@@ -1,0 +1,280 @@
+//! LoRA adapters in PEFT's format, merged into the base weights: `W' = W + s · B·A` with
+//! `s = lora_alpha / r` (`lora_alpha / √r` with `use_rslora`), as `peft`'s `merge_and_unload`.
+//!
+//! An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`, whose
+//! tensors are named `base_model.model.<module>.lora_A.weight` (`[r, in]`) and
+//! `…lora_B.weight` (`[out, r]`) for each adapted linear `<module>` (for example
+//! `model.layers.0.self_attn.q_proj`).
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value as Json;
+
+use crate::{Error, Result};
+
+/// One adapted linear layer.
+struct Pair {
+    /// `[r, in]`.
+    a: Vec<f32>,
+    /// `[out, r]`.
+    b: Vec<f32>,
+    r: usize,
+    a_in: usize,
+    b_out: usize,
+}
+
+/// A loaded adapter.
+pub struct Adapter {
+    /// Keyed by the base weight's name (`model.layers.0.self_attn.q_proj.weight`).
+    pairs: HashMap<String, Pair>,
+    /// `lora_alpha / r` (or `/ √r`).
+    pub scale: f32,
+    pub r: usize,
+    pub alpha: f32,
+}
+
+fn floats(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::format(
+                path,
+                format!("tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"),
+            ));
+        }
+    })
+}
+
+impl Adapter {
+    /// Loads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: Json = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e))?;
+        let num = |k: &str| cfg.get(k).and_then(Json::as_f64);
+        let r = num("r")
+            .filter(|r| *r >= 1.0 && r.fract() == 0.0)
+            .ok_or_else(|| Error::format(&cfg_path, "`r` must be a positive integer"))?
+            as usize;
+        let alpha = num("lora_alpha")
+            .ok_or_else(|| Error::format(&cfg_path, "missing number field `lora_alpha`"))?
+            as f32;
+        if cfg.get("fan_in_fan_out").and_then(Json::as_bool) == Some(true) {
+            return Err(Error::format(
+                &cfg_path,
+                "fan_in_fan_out adapters (GPT-2 Conv1D layers) do not apply to LLaMA",
+            ));
+        }
+        if cfg.get("use_dora").and_then(Json::as_bool) == Some(true) {
+            return Err(Error::format(
+                &cfg_path,
+                "DoRA adapters (use_dora) are not supported",
+            ));
+        }
+        for k in ["rank_pattern", "alpha_pattern"] {
+            if cfg
+                .get(k)
+                .and_then(Json::as_object)
+                .is_some_and(|m| !m.is_empty())
+            {
+                return Err(Error::format(
+                    &cfg_path,
+                    format!("per-module `{k}` is not supported: one r and lora_alpha for all"),
+                ));
+            }
+        }
+        let rslora = cfg.get("use_rslora").and_then(Json::as_bool) == Some(true);
+        let scale = if rslora {
+            alpha / (r as f32).sqrt()
+        } else {
+            alpha / r as f32
+        };
+        let st_path = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&st_path).map_err(|e| Error::io(&st_path, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&st_path, e))?;
+        // module → [lora_A, lora_B], each (shape, values).
+        type Half = Option<(Vec<usize>, Vec<f32>)>;
+        let mut halves: HashMap<String, [Half; 2]> = HashMap::new();
+        for (name, view) in st.tensors() {
+            let module = name.strip_prefix("base_model.model.").unwrap_or(&name);
+            let (module, which) = if let Some(m) = module.strip_suffix(".lora_A.weight") {
+                (m, 0)
+            } else if let Some(m) = module.strip_suffix(".lora_B.weight") {
+                (m, 1)
+            } else {
+                return Err(Error::format(
+                    &st_path,
+                    format!(
+                        "tensor {name}: only LoRA lora_A/lora_B weights merge (modules_to_save \
+                         and embedding adapters are not supported)"
+                    ),
+                ));
+            };
+            let shape = view.shape().to_vec();
+            if shape.len() != 2 {
+                return Err(Error::format(
+                    &st_path,
+                    format!("tensor {name}: shape {shape:?} is not a matrix"),
+                ));
+            }
+            let values = floats(&st_path, &name, view.dtype(), view.data())?;
+            halves.entry(module.to_string()).or_default()[which] = Some((shape, values));
+        }
+        let mut pairs = HashMap::new();
+        for (module, [a, b]) in halves {
+            let (Some((sa, a)), Some((sb, b))) = (a, b) else {
+                return Err(Error::format(
+                    &st_path,
+                    format!("{module}: has only one of lora_A and lora_B"),
+                ));
+            };
+            if sa[0] != sb[1] {
+                return Err(Error::format(
+                    &st_path,
+                    format!("{module}: lora_A is {sa:?} and lora_B {sb:?}: their ranks differ"),
+                ));
+            }
+            pairs.insert(
+                format!("{module}.weight"),
+                Pair {
+                    a,
+                    b,
+                    r: sa[0],
+                    a_in: sa[1],
+                    b_out: sb[0],
+                },
+            );
+        }
+        if pairs.is_empty() {
+            return Err(Error::format(&st_path, "the adapter has no LoRA weights"));
+        }
+        Ok(Adapter {
+            pairs,
+            scale,
+            r,
+            alpha,
+        })
+    }
+
+    /// The adapted base weights' names.
+    pub fn targets(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.pairs.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Adds `scale · B·A` to `w` (`[out, in]`, row-major) when `name` is adapted; returns whether
+    /// it was. A shape mismatch is an error naming the weight.
+    pub fn merge_into(&self, name: &str, w: &mut [f32], out: usize, inp: usize) -> Result<bool> {
+        let Some(p) = self.pairs.get(name) else {
+            return Ok(false);
+        };
+        if p.b_out != out || p.a_in != inp {
+            return Err(Error::Invalid(format!(
+                "adapter weight for {name} is [{}, {}] after merging, the base weight [{out}, {inp}]",
+                p.b_out, p.a_in
+            )));
+        }
+        for (o, row) in w.chunks_exact_mut(inp).enumerate() {
+            for j in 0..p.r {
+                let s = self.scale * p.b[o * p.r + j];
+                if s != 0.0 {
+                    for (x, a) in row.iter_mut().zip(&p.a[j * inp..(j + 1) * inp]) {
+                        *x += s * a;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_adapter(dir: &Path, cfg: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+        std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                (
+                    n.to_string(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors"))
+            .unwrap();
+    }
+
+    #[test]
+    fn merge_adds_scaled_b_times_a() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = "base_model.model.model.layers.0.self_attn.q_proj";
+        write_adapter(
+            dir.path(),
+            r#"{"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}"#,
+            &[
+                (
+                    &format!("{m}.lora_A.weight"),
+                    vec![2, 3],
+                    vec![1., 2., 3., 4., 5., 6.],
+                ),
+                (
+                    &format!("{m}.lora_B.weight"),
+                    vec![2, 2],
+                    vec![1., 0., 0., -1.],
+                ),
+            ],
+        );
+        let ad = Adapter::load(dir.path()).unwrap();
+        assert_eq!(ad.scale, 2.0);
+        assert_eq!(ad.targets(), vec!["model.layers.0.self_attn.q_proj.weight"]);
+        let mut w = vec![0f32; 6];
+        assert!(
+            ad.merge_into("model.layers.0.self_attn.q_proj.weight", &mut w, 2, 3)
+                .unwrap()
+        );
+        // B·A = [[1,2,3], [-4,-5,-6]], times 2.
+        assert_eq!(w, vec![2., 4., 6., -8., -10., -12.]);
+        assert!(
+            !ad.merge_into("model.layers.0.self_attn.k_proj.weight", &mut w, 2, 3)
+                .unwrap()
+        );
+        let err = ad
+            .merge_into("model.layers.0.self_attn.q_proj.weight", &mut w, 3, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("q_proj"), "{err}");
+    }
+
+    #[test]
+    fn half_an_adapter_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_adapter(
+            dir.path(),
+            r#"{"r": 1, "lora_alpha": 1}"#,
+            &[("base_model.model.x.lora_A.weight", vec![1, 2], vec![1., 2.])],
+        );
+        let err = Adapter::load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("only one of lora_A and lora_B"), "{err}");
+    }
+}
