@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 
 if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
+  # llama-cpp-python compiles llama.cpp from its sdist (about 6 minutes on 2 cores, once: pip
+  # keeps the wheel under ~/.cache/pip). Its multimodal library is not needed.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
   if .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt; then
     export KOALA_PYTHON="$PWD/.venv/bin/python"
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
