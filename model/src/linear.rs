@@ -5,14 +5,18 @@
 //! So the kernel streams each block of weight rows once and multiplies it with every input row
 //! while it is in L1 (the inputs, `m · k` floats, stay in L1/L2). With AVX-512 a tile is 4 weight
 //! rows × up to 4 inputs (16 accumulators: 8 loads per 16 fused multiply-adds), and a full tile's
-//! 16 horizontal sums are reduced together. Work is split over output rows into a few rayon tasks
-//! per thread, each writing its columns of `out` in place (no per-task buffers).
+//! 16 horizontal sums are reduced together. With AVX2, rows shorter than
+//! [`WeightElem::AVX2_TILE_MIN_K`] run one at a time with 4 independent FMA chains (as llama.cpp's
+//! `ggml_vec_dot_f32`), longer ones in tiles of 4 rows read side by side with 2 chains each. Work
+//! is split over output rows into rayon tasks of at least 128 KB of weights, up to 16 per thread,
+//! each writing its columns of `out` in place (no per-task buffers).
 //!
-//! Each output `y[i, j]` is one chain of fused multiply-adds over `k` in a fixed lane order, then
-//! a fixed reduction tree (lanes paired at distance 8, 4, 2, 1, then the scalar tail), whatever `m`
-//! is, whichever tile computes it and wherever row `i` sits in the batch: a sequence decodes to the
-//! same bits alone or in a batch of 16. The SIMD width is picked at run time (AVX-512, AVX2 + FMA,
-//! or portable code); all three give results within rounding of the others, not equal bits.
+//! Each output `y[i, j]` is a fixed set of fused multiply-add chains over `k` in a fixed lane
+//! order, then a fixed reduction (AVX-512: lanes paired at distance 8, 4, 2, 1, then the scalar
+//! tail), chosen by the matrix alone (its type and `k`): whatever `m` is, whichever tile computes
+//! it and wherever row `i` sits in the batch, a sequence decodes to the same bits alone or in a
+//! batch of 16. The SIMD width is picked at run time (AVX-512, AVX2 + FMA, or portable code); all
+//! three give results within rounding of the others, not equal bits.
 //!
 //! Weights are `f32` or `bf16` ([`WeightElem`]). A `bf16` weight is widened to `f32` exactly (a
 //! 16-bit shift) as it is loaded and accumulated in `f32`, so the activations keep full precision
