@@ -490,25 +490,26 @@ impl Worker {
                 who.push((i, true));
             }
         }
-        let logits = self.model.step(&mut slices)?;
+        let vocab = self.model.w.cfg.vocab_size;
+        let logits = self.model.step_logits(&mut slices)?;
         drop(slices);
         self.gauges.steps.fetch_add(1, Ordering::Relaxed);
-        let mut li = logits.into_iter();
+        let mut li = logits.chunks_mut(vocab);
         let mut finished = Vec::new();
         for (i, wants) in who {
             if !wants {
                 continue;
             }
-            let Some(mut lg) = li.next() else { break };
+            let Some(lg) = li.next() else { break };
             let s = &mut self.active[i];
             if let Some(t) = s.next {
                 s.prev = t;
             }
             let req = &s.job.req;
             if let Some(wm) = &req.watermark {
-                wm.bias(s.prev, &mut lg);
+                wm.bias(s.prev, lg);
             }
-            let tok = sample(&lg, &req.params, &mut s.rng);
+            let tok = sample(lg, &req.params, &mut s.rng);
             let done = |reason| Event::Done {
                 reason,
                 prompt_tokens: req.prompt.len(),

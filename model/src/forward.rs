@@ -134,6 +134,46 @@ pub struct Model {
     /// Run each step on a rayon worker (the CPU projector): its many parallel loops then fork
     /// from inside the pool instead of each waking the pool and waiting from outside it.
     on_pool: bool,
+    /// The step's buffers, kept between steps: they grow to the largest batch seen and are then
+    /// reused, so a decoding step allocates nothing in the forward pass.
+    scratch: Scratch,
+}
+
+/// Activations and index buffers of one step (see [`Model::step_logits`]).
+#[derive(Default)]
+struct Scratch {
+    pos: Vec<usize>,
+    ids: Vec<u32>,
+    /// (slice, position) of each row, for attention.
+    rows: Vec<(usize, usize)>,
+    /// The rows whose logits are wanted.
+    wanted: Vec<usize>,
+    x: Vec<f32>,
+    hb: Vec<f32>,
+    qb: Vec<f32>,
+    kb: Vec<f32>,
+    vb: Vec<f32>,
+    att: Vec<f32>,
+    ob: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    last: Vec<f32>,
+    normed: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// `v` with room for `n` values (grown, never shrunk); its first `n` values. Every caller
+/// overwrites them all before reading.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+thread_local! {
+    /// Attention scores of one head, per pool thread, reused across heads, layers and steps.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Model {
@@ -171,6 +211,7 @@ impl Model {
             cos,
             sin,
             on_pool: false,
+            scratch: Scratch::default(),
         }
     }
 
@@ -182,14 +223,31 @@ impl Model {
     /// Runs one step over `slices`; returns the logits of each slice that asked for them, in
     /// order. Every slice's cache grows by its token count.
     pub fn step(&mut self, slices: &mut [Slice<'_>]) -> Result<Vec<Vec<f32>>> {
-        if self.on_pool && rayon::current_thread_index().is_none() {
-            // One hand-over to the pool per step instead of one per projection (57 for 8 layers).
-            return rayon::scope(|_| self.step_here(slices));
-        }
-        self.step_here(slices)
+        let vocab = self.w.cfg.vocab_size;
+        Ok(self
+            .step_logits(slices)?
+            .chunks(vocab)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
-    fn step_here(&mut self, slices: &mut [Slice<'_>]) -> Result<Vec<Vec<f32>>> {
+    /// [`Model::step`] without allocating: the logits of the slices that asked for them, one
+    /// `vocab_size` row each in order, in a buffer the model reuses at the next step.
+    pub fn step_logits(&mut self, slices: &mut [Slice<'_>]) -> Result<&mut [f32]> {
+        let mut sc = std::mem::take(&mut self.scratch);
+        let r = if self.on_pool && rayon::current_thread_index().is_none() {
+            // One hand-over to the pool per step instead of one per projection (57 for 8 layers).
+            rayon::scope(|_| self.step_here(slices, &mut sc))
+        } else {
+            self.step_here(slices, &mut sc)
+        };
+        self.scratch = sc;
+        let n = r?;
+        Ok(&mut self.scratch.logits[..n])
+    }
+
+    /// The step into `sc`; returns how many logits it wrote (rows × vocab).
+    fn step_here(&mut self, slices: &mut [Slice<'_>], sc: &mut Scratch) -> Result<usize> {
         let cfg = self.w.cfg.clone();
         let (c, q, kv, im, vocab) = (
             cfg.hidden_size,
@@ -206,11 +264,30 @@ impl Model {
         );
         let m: usize = slices.iter().map(|s| s.tokens.len()).sum();
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         // Rows: for each slice, its tokens in order; `pos[r]` the position of row r.
-        let mut pos = Vec::with_capacity(m);
-        let mut ids = Vec::with_capacity(m);
+        let Scratch {
+            pos,
+            ids,
+            rows,
+            wanted,
+            x,
+            hb,
+            qb,
+            kb,
+            vb,
+            att,
+            ob,
+            g,
+            u,
+            last,
+            normed,
+            logits,
+        } = sc;
+        pos.clear();
+        ids.clear();
+        rows.clear();
         for s in slices.iter() {
             if s.cache.len + s.tokens.len() > s.cache.capacity {
                 return Err(Error::Invalid(format!(
@@ -229,25 +306,28 @@ impl Model {
                 ids.push(t);
             }
         }
+        for (si, s) in slices.iter().enumerate() {
+            rows.extend((0..s.tokens.len()).map(|i| (si, s.cache.len + i)));
+        }
         let w = self.w.clone();
         let embed = w.embed.as_slice();
-        let mut x = vec![0f32; m * c];
+        let x = sized(x, m * c);
         for (r, &t) in ids.iter().enumerate() {
             x[r * c..(r + 1) * c].copy_from_slice(&embed[t as usize * c..(t as usize + 1) * c]);
         }
-        let mut hb = vec![0f32; m * c];
-        let (mut qb, mut kb, mut vb) = (vec![0f32; m * q], vec![0f32; m * kv], vec![0f32; m * kv]);
-        let mut att = vec![0f32; m * q];
-        let mut ob = vec![0f32; m * c];
-        let (mut g, mut u) = (vec![0f32; m * im], vec![0f32; m * im]);
+        let hb = sized(hb, m * c);
+        let (qb, kb, vb) = (sized(qb, m * q), sized(kb, m * kv), sized(vb, m * kv));
+        let att = sized(att, m * q);
+        let ob = sized(ob, m * c);
+        let (g, u) = (sized(g, m * im), sized(u, m * im));
         for (l, lw) in w.layers.iter().enumerate() {
             let id = 7 * l;
-            rmsnorm(&mut hb, &x, lw.attn_norm.as_slice(), c, eps);
-            self.proj.project(&mut qb, &hb, id, &lw.q, m)?;
-            self.proj.project(&mut kb, &hb, id + 1, &lw.k, m)?;
-            self.proj.project(&mut vb, &hb, id + 2, &lw.v, m)?;
-            self.rope(&mut qb, &pos, h, hd);
-            self.rope(&mut kb, &pos, kvh, hd);
+            rmsnorm(hb, x, lw.attn_norm.as_slice(), c, eps);
+            self.proj.project(qb, hb, id, &lw.q, m)?;
+            self.proj.project(kb, hb, id + 1, &lw.k, m)?;
+            self.proj.project(vb, hb, id + 2, &lw.v, m)?;
+            self.rope(qb, pos, h, hd);
+            self.rope(kb, pos, kvh, hd);
             // Append k, v to each sequence's cache, then attend.
             let mut r0 = 0;
             for s in slices.iter_mut() {
@@ -256,41 +336,41 @@ impl Model {
                 s.cache.v[l].extend_from_slice(&vb[r0 * kv..(r0 + n) * kv]);
                 r0 += n;
             }
-            attend(&mut att, &qb, slices, l, h, kvh, hd);
-            self.proj.project(&mut ob, &att, id + 3, &lw.o, m)?;
-            add_inplace(&mut x, &ob);
-            rmsnorm(&mut hb, &x, lw.mlp_norm.as_slice(), c, eps);
-            self.proj.project(&mut g, &hb, id + 4, &lw.gate, m)?;
-            self.proj.project(&mut u, &hb, id + 5, &lw.up, m)?;
-            swiglu(&mut g, &u);
-            self.proj.project(&mut ob, &g, id + 6, &lw.down, m)?;
-            add_inplace(&mut x, &ob);
+            attend(att, qb, slices, rows, l, h, kvh, hd);
+            self.proj.project(ob, att, id + 3, &lw.o, m)?;
+            add_inplace(x, ob);
+            rmsnorm(hb, x, lw.mlp_norm.as_slice(), c, eps);
+            self.proj.project(g, hb, id + 4, &lw.gate, m)?;
+            self.proj.project(u, hb, id + 5, &lw.up, m)?;
+            swiglu(g, u);
+            self.proj.project(ob, g, id + 6, &lw.down, m)?;
+            add_inplace(x, ob);
         }
         // The rows whose logits are wanted: the last new token of those slices.
-        let mut rows = Vec::new();
+        wanted.clear();
         let mut r0 = 0;
         for s in slices.iter_mut() {
             let n = s.tokens.len();
             if s.logits {
-                rows.push(r0 + n - 1);
+                wanted.push(r0 + n - 1);
             }
             s.cache.len += n;
             r0 += n;
         }
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        if wanted.is_empty() {
+            return Ok(0);
         }
-        let mo = rows.len();
-        let mut last = vec![0f32; mo * c];
-        for (i, &r) in rows.iter().enumerate() {
+        let mo = wanted.len();
+        let last = sized(last, mo * c);
+        for (i, &r) in wanted.iter().enumerate() {
             last[i * c..(i + 1) * c].copy_from_slice(&x[r * c..(r + 1) * c]);
         }
-        let mut normed = vec![0f32; mo * c];
-        rmsnorm(&mut normed, &last, w.norm.as_slice(), c, eps);
-        let mut logits = vec![0f32; mo * vocab];
+        let normed = sized(normed, mo * c);
+        rmsnorm(normed, last, w.norm.as_slice(), c, eps);
+        let logits = sized(logits, mo * vocab);
         self.proj
-            .project(&mut logits, &normed, 7 * w.layers.len(), w.head(), mo)?;
-        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
+            .project(logits, normed, 7 * w.layers.len(), w.head(), mo)?;
+        Ok(mo * vocab)
     }
 
     /// Rotate-half RoPE in place on `x: [rows, heads, hd]`.
@@ -354,6 +434,7 @@ fn attend(
     att: &mut [f32],
     q: &[f32],
     slices: &[Slice<'_>],
+    rows: &[(usize, usize)],
     l: usize,
     h: usize,
     kvh: usize,
@@ -361,13 +442,6 @@ fn attend(
 ) {
     let group = h / kvh;
     let scale = 1.0 / (hd as f32).sqrt();
-    // (slice index, position) of each row.
-    let mut rows = Vec::with_capacity(att.len() / (h * hd));
-    for (si, s) in slices.iter().enumerate() {
-        for i in 0..s.tokens.len() {
-            rows.push((si, s.cache.len + i));
-        }
-    }
     let head_fn = pick_head();
     let items = rows.len() * h;
     let min = (items / (rayon::current_num_threads() * 4)).max(1);
@@ -375,25 +449,27 @@ fn attend(
         .zip(q.par_chunks(hd))
         .enumerate()
         .with_min_len(min)
-        .for_each_init(Vec::new, |scores, (idx, (out, qv))| {
+        .for_each(|(idx, (out, qv))| {
             let (si, p) = rows[idx / h];
             let kh = (idx % h) / group;
             let cache = &*slices[si].cache;
             let kvd = cache.kv_dim();
-            let head = Head {
-                out,
-                q: qv,
-                k: &cache.k[l],
-                v: &cache.v[l],
-                kvd,
-                off: kh * hd,
-                len: p + 1,
-                scale,
-                scores,
-            };
-            // SAFETY: `pick_head` returns a SIMD version only where the CPU has its features (each
-            // checks the shapes itself); the cache holds `len` positions of `kvd` floats.
-            unsafe { head_fn(head) }
+            SCORES.with_borrow_mut(|scores| {
+                let head = Head {
+                    out,
+                    q: qv,
+                    k: &cache.k[l],
+                    v: &cache.v[l],
+                    kvd,
+                    off: kh * hd,
+                    len: p + 1,
+                    scale,
+                    scores,
+                };
+                // SAFETY: `pick_head` returns a SIMD version only where the CPU has its features
+                // (each checks the shapes itself); the cache holds `len` positions of `kvd` floats.
+                unsafe { head_fn(head) }
+            })
         });
 }
 
