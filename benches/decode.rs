@@ -32,8 +32,11 @@
 //! Knobs: `KOALA_BENCH_SIZES` (comma-separated from 25M, 58M, 200M), `KOALA_BENCH_TOKENS`
 //! (default 128), `KOALA_BENCH_THREADS` (2), `KOALA_BENCH_RUNS` (3), `KOALA_PYTHON` (else
 //! `.venv/bin/python`, else `python3`). Writes `target/bench-decode.json`.
+#[path = "common/env.rs"]
+mod env;
+use env::{env_usize, median, root, verdict};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,26 +85,6 @@ const SIZES: [Size; 3] = [
         inter: 2752,
     },
 ];
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
 
 /// The fixed 25-token prompt (benches/serving.rs's).
 fn prompt() -> Vec<u32> {

@@ -46,8 +46,11 @@
 //! `KOALA_PYTHON` (else `~/.cache/torchvenv/bin/python`, else `python3`). Without torch and
 //! transformers the HF comparison is skipped with a message (and, with no cached model, the
 //! whole bench). A missed goal prints MISSED. Writes `target/bench-serving.json`.
+#[path = "common/env.rs"]
+mod env;
 #[path = "common/stats.rs"]
 mod stats;
+use env::{env_usize, median, root, verdict};
 use stats::percentile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,17 +63,6 @@ use serde_json::{Value, json};
 /// The same allocator as the `koala` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn python() -> String {
     if let Ok(p) = std::env::var("KOALA_PYTHON") {
@@ -108,11 +100,6 @@ fn prompt_for(stream: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// A `kB` field of `/proc/PID/status` (0 when absent).
 fn proc_status(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -130,10 +117,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
 }
 
 /// Runs the HF baseline; `None` (with the reason printed) when it cannot run.

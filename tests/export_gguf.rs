@@ -54,6 +54,15 @@ fn export(model: &Path, out: &Path, extra: &[&str]) {
     );
 }
 
+/// A JSON array of token ids.
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// llama.cpp's greedy decoding of `prompts` (texts) from `gguf`.
 fn llama_cpp(py: &str, gguf: &Path, prompts: &[String], n: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/llama_cpp_greedy.py");
@@ -85,13 +94,6 @@ fn llama_cpp(py: &str, gguf: &Path, prompts: &[String], n: usize) -> Vec<(Vec<u3
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     v["results"]
         .as_array()
         .unwrap()
@@ -109,13 +111,6 @@ struct Case {
 fn cases(dir: &Path) -> Vec<Case> {
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("greedy.json")).unwrap()).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     v["cases"]
         .as_array()
         .unwrap()

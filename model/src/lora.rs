@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
+use crate::weights::decode_floats;
 use crate::{Error, Result};
 
 /// One adapted linear layer.
@@ -32,29 +33,6 @@ pub struct Adapter {
     pub scale: f32,
     pub r: usize,
     pub alpha: f32,
-}
-
-fn floats(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(Error::format(
-                path,
-                format!("tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"),
-            ));
-        }
-    })
 }
 
 impl Adapter {
@@ -129,7 +107,15 @@ impl Adapter {
                     format!("tensor {name}: shape {shape:?} is not a matrix"),
                 ));
             }
-            let values = floats(&st_path, &name, view.dtype(), view.data())?;
+            let values = decode_floats(view.dtype(), view.data()).ok_or_else(|| {
+                Error::format(
+                    &st_path,
+                    format!(
+                        "tensor {name}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                        view.dtype()
+                    ),
+                )
+            })?;
             halves.entry(module.to_string()).or_default()[which] = Some((shape, values));
         }
         let mut pairs = HashMap::new();
@@ -204,6 +190,7 @@ impl Adapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::Dtype;
 
     fn write_adapter(dir: &Path, cfg: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
         std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();

@@ -152,6 +152,26 @@ fn bytemuck_cast(bytes: &[u8]) -> &[f32] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
 }
 
+/// Decodes little-endian `F32`, `F16` or `BF16` safetensors bytes to `f32` (exact for all three);
+/// `None` for any other dtype. Shared by the loader, LoRA adapters and the trainer's reader.
+pub fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// The weights of one decoder layer.
 pub struct Layer {
     pub attn_norm: Tensor,
@@ -163,6 +183,23 @@ pub struct Layer {
     pub gate: Tensor,
     pub up: Tensor,
     pub down: Tensor,
+}
+
+impl Layer {
+    /// Every tensor of the layer: the two norms and the seven projections.
+    pub fn tensors(&self) -> [&Tensor; 9] {
+        [
+            &self.attn_norm,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.mlp_norm,
+            &self.gate,
+            &self.up,
+            &self.down,
+        ]
+    }
 }
 
 /// A whole LLaMA, ready for inference.
@@ -256,22 +293,8 @@ impl Weights {
         let per_layer: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [
-                    &l.attn_norm,
-                    &l.q,
-                    &l.k,
-                    &l.v,
-                    &l.o,
-                    &l.mlp_norm,
-                    &l.gate,
-                    &l.up,
-                    &l.down,
-                ]
-                .iter()
-                .map(|t| t.numel())
-                .sum::<usize>()
-            })
+            .flat_map(Layer::tensors)
+            .map(Tensor::numel)
             .sum();
         self.embed.numel()
             + per_layer
@@ -289,22 +312,8 @@ impl Weights {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [
-                    &l.attn_norm,
-                    &l.q,
-                    &l.k,
-                    &l.v,
-                    &l.o,
-                    &l.mlp_norm,
-                    &l.gate,
-                    &l.up,
-                    &l.down,
-                ]
-                .iter()
-                .map(|t| t.bytes())
-                .sum::<usize>()
-            })
+            .flat_map(Layer::tensors)
+            .map(Tensor::bytes)
             .sum();
         layers + self.norm.bytes() + self.head().bytes()
     }
@@ -435,30 +444,12 @@ impl TensorMap {
                 offset: off,
                 len: nbytes / 4,
             },
-            Dtype::F32 => Data::Owned(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F16 => Data::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            Dtype::BF16 => Data::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            other => {
-                return Err(Error::format(
+            other => Data::Owned(decode_floats(other, bytes).ok_or_else(|| {
+                Error::format(
                     path,
                     format!("tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"),
-                ));
-            }
+                )
+            })?),
         };
         Ok(Tensor { shape: got, data })
     }

@@ -131,25 +131,11 @@ pub fn load_file(path: &Path) -> Result<Tensors> {
 }
 
 fn to_f32(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
-    let b = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "dtype {other:?} is not supported (F32, F16, BF16 are)"
-            ));
-        }
+    koala_model::weights::decode_floats(view.dtype(), view.data()).ok_or_else(|| {
+        format!(
+            "dtype {:?} is not supported (F32, F16, BF16 are)",
+            view.dtype()
+        )
     })
 }
 
