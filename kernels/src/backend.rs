@@ -43,6 +43,44 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Shapes and constants of one LoRA-adapted linear layer (see [`Backend::lora_fwd`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraShape {
+    /// Token positions.
+    pub n: usize,
+    /// Input features of the adapted linear layer.
+    pub ic: usize,
+    /// The adapter's rank.
+    pub r: usize,
+    /// Output features of the adapted linear layer.
+    pub oc: usize,
+    /// `lora_alpha / r`.
+    pub scale: f32,
+    /// Dropout probability on the adapter's input (`0` disables it).
+    pub dropout: f32,
+    /// Seeds the dropout mask ([`lora_keep`]); the same seed gives the same mask in the forward
+    /// and the backward, on every backend.
+    pub seed: u64,
+}
+
+/// Whether LoRA dropout keeps element `i` of a call seeded with `seed` at drop probability `p`:
+/// a SplitMix64 hash of `(seed, i)` turned into 24 uniform bits, kept when `u >= p`. The CUDA
+/// kernel (`kernels/cuda/lora.cu`) computes the same bits, so both backends draw the same mask.
+///
+/// ```
+/// use koala_kernels::backend::lora_keep;
+/// let kept = (0..10_000u64).filter(|&i| lora_keep(7, i, 0.25)).count();
+/// assert!((7_200..7_800).contains(&kept));
+/// assert!((0..100u64).all(|i| lora_keep(7, i, 0.0)));
+/// ```
+pub fn lora_keep(seed: u64, i: u64, p: f32) -> bool {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32) * (1.0 / 16_777_216.0) >= p
+}
+
 /// The op set. `Buf` holds `f32`, `Ids` holds `u32`.
 pub trait Backend: Send + Sync {
     /// An `f32` tensor living on this backend.
@@ -166,6 +204,58 @@ pub trait Backend: Send + Sync {
         n: usize,
         ic: usize,
         oc: usize,
+    ) -> Result<()>;
+
+    /// `dinp[n, ic] = dout · w` (overwrites): the activation half of [`Backend::matmul_bwd`],
+    /// for a frozen weight that gets no gradient (LoRA's base model).
+    fn matmul_bwd_data(
+        &self,
+        dinp: &mut Self::Buf,
+        dout: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
+
+    // ---- LoRA (peft's `lora_B(lora_A(dropout(x))) · scale`) -------------------------------------
+    /// Adds a LoRA adapter's output to a frozen linear layer's: `xa[n, r] = drop(x) · aᵀ`
+    /// (overwrites; the backward needs it) and `out[n, oc] += s.scale · xa · bᵀ`, with
+    /// `a: [r, ic]` (`lora_A`) and `b: [oc, r]` (`lora_B`). `drop` is inverted dropout: element
+    /// `i` of `x` is kept where [`lora_keep`]`(s.seed, i, s.dropout)` and then multiplied by
+    /// `1 / (1 − s.dropout)` (rounded to f32 once), else zeroed; `s.dropout = 0` is the
+    /// identity. `scratch` receives `drop(x)` in its first `n·ic` elements (it may be longer, so one
+    /// buffer serves every layer) when `s.dropout > 0`, and is not touched otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_fwd(
+        &self,
+        out: &mut Self::Buf,
+        xa: &mut Self::Buf,
+        scratch: &mut Self::Buf,
+        x: &Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        s: &LoraShape,
+    ) -> Result<()>;
+    /// Backward of [`Backend::lora_fwd`] from `dout: [n, oc]`: `db += s.scale · doutᵀ · xa` and
+    /// `da += dxaᵀ · drop(x)` (weight gradients accumulate), where `dxa[n, r] = s.scale · dout · b`
+    /// (overwritten; scratch for the caller), and, when `dx` is given, `dx += drop(dxa · a)`
+    /// (**accumulates**: `dx` already holds the frozen layer's input gradient). `scratch` is as in
+    /// the forward: at least `n·ic` elements when `s.dropout > 0`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd(
+        &self,
+        dx: Option<&mut Self::Buf>,
+        da: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dxa: &mut Self::Buf,
+        scratch: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        xa: &Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        s: &LoraShape,
     ) -> Result<()>;
 
     // ---- RoPE (rotate-half, as Hugging Face LLaMA) ---------------------------------------------

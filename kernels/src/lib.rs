@@ -6,7 +6,7 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 
-pub use backend::{AdamWParams, AttnShape, Backend};
+pub use backend::{AdamWParams, AttnShape, Backend, LoraShape, lora_keep};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 // ---- CUDA backend, communicators, backend selection (helper "cuda"; see docs/gpu.md) ----

@@ -2,9 +2,9 @@
 //! with the host C++ compiler against a small emulator of the CUDA execution model
 //! (`kernels/cuda/emu/emu.h`: fibers per thread, block and warp barriers, shuffles, shared memory),
 //! launches them with the backend's launch shapes, and compares them with naive double-precision
-//! references, f32 and bf16 stamps alike (87 checks: embedding, RMSNorm, RoPE, attention fwd/bwd
+//! references, f32 and bf16 stamps alike (94 checks: embedding, RMSNorm, RoPE, attention fwd/bwd
 //! with GQA, packing and tile edges, SwiGLU, cross-entropy, AdamW with master weights, global norm,
-//! casts, residual).
+//! casts, residual, LoRA dropout against the standard SplitMix64).
 //!
 //! This is how the kernels' arithmetic, indexing and barrier logic are tested on machines without a
 //! GPU; it says nothing about speed, and `kernels/tests/cuda_ops.rs` remains the test on a GPU.
@@ -49,7 +49,7 @@ fn kernels_match_naive_references_under_the_cpu_emulator() {
     );
     let summary = stdout.lines().last().unwrap_or_default();
     assert_eq!(
-        summary, "87 checks, 0 failed",
+        summary, "94 checks, 0 failed",
         "unexpected summary (a check was dropped?)"
     );
 }

@@ -44,6 +44,10 @@ const EXPECTED: &[&str] = &[
     "embedding_fwd_f32",
     "global_norm_fwd_bf16",
     "global_norm_fwd_f32",
+    "lora_dropout_add_bf16",
+    "lora_dropout_add_f32",
+    "lora_dropout_bf16",
+    "lora_dropout_f32",
     "rmsnorm_bwd_bf16",
     "rmsnorm_bwd_dw_bf16",
     "rmsnorm_bwd_dw_f32",
@@ -70,6 +74,7 @@ const EXPECTED_MODULES: &[&str] = &[
     "cross_entropy",
     "embedding",
     "global_norm",
+    "lora",
     "residual",
     "rmsnorm",
     "rope",
@@ -237,6 +242,7 @@ fn ptx_signatures_are_parsed_for_launch_checks() {
         ("swiglu_fwd_f32", &[B64, B64, B64, B64]),
         ("rope_bwd_f32", &[B64, B64, B32, B32, B32, F32]),
         ("scale_inplace_bf16", &[B64, F32, B64]),
+        ("lora_dropout_add_bf16", &[B64, B64, F32, F32, B64, B64]),
     ];
     let mut all = std::collections::HashMap::new();
     for module in MODULES {

@@ -16,6 +16,7 @@
 #include "../global_norm.cu"
 #include "../cast.cu"
 #include "../residual.cu"
+#include "../lora.cu"
 
 #include <cstdio>
 #include <string>
@@ -117,7 +118,7 @@ static dim3 grid_stride(size_t len) {
 PICK(embedding_fwd) PICK(embedding_bwd) PICK(rmsnorm_fwd) PICK(rmsnorm_bwd) PICK(rmsnorm_bwd_dw)
 PICK(rope_fwd) PICK(rope_bwd) PICK(attention_fwd) PICK(attention_bwd_delta) PICK(attention_bwd_dq)
 PICK(attention_bwd_dkv) PICK(swiglu_fwd) PICK(swiglu_bwd) PICK(cross_entropy_fwdbwd)
-PICK(global_norm_fwd) PICK(add_fwd) PICK(scale_inplace)
+PICK(global_norm_fwd) PICK(add_fwd) PICK(scale_inplace) PICK(lora_dropout) PICK(lora_dropout_add)
 
 // ---- tests ---------------------------------------------------------------------------------------
 template <typename T>
@@ -441,7 +442,51 @@ void test_casts_and_residual(uint64_t seed) {
     check("add_fwd_bf16", host(ob), wob, 0, 0);
 }
 
+// The n-th output (1-based) of the standard SplitMix64 generator seeded with `seed` (Vigna's
+// splitmix64.c: state += golden gamma, then the finaliser): the definition lora_keep follows.
+static uint64_t splitmix64_nth(uint64_t seed, uint64_t n) {
+    uint64_t state = seed;
+    uint64_t z = 0;
+    for (uint64_t k = 0; k < n; ++k) {
+        state += 0x9E3779B97F4A7C15ull;
+        z = state;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z = z ^ (z >> 31);
+    }
+    return z;
+}
+
+template <typename T>
+void test_lora_dropout(uint64_t seed) {
+    Rng r(seed);
+    size_t len = 700;
+    float p = 0.3f, inv = 1.0f / (1.0f - p);
+    unsigned long long mseed = 0x1234567ull + seed;
+    auto x = r.uniform(len, 2.0f), g = r.uniform(len, 1.0f), acc0 = r.uniform(len, 1.0f);
+    auto xd = dev<T>(x), gd = dev<T>(g), accd = dev<T>(acc0);
+    std::vector<T> out(len);
+    emu::launch(grid_stride(len), d3(256), 0, [&] { lora_dropout_k<T>::f(out.data(), xd.data(), p, inv, mseed, (long long)len); });
+    emu::launch(grid_stride(len), d3(256), 0, [&] { lora_dropout_add_k<T>::f(accd.data(), gd.data(), p, inv, mseed, (long long)len); });
+    std::vector<double> wout(len), wacc(len);
+    size_t kept = 0;
+    for (size_t i = 0; i < len; ++i) {
+        bool keep = (double)(splitmix64_nth(mseed, i + 1) >> 40) / 16777216.0 >= p;
+        kept += keep;
+        float xv = (float)host(xd)[i], gv = (float)host(gd)[i], av = (float)host(dev<T>(acc0))[i];
+        wout[i] = keep ? (double)(xv * inv) : 0.0;
+        wacc[i] = keep ? (double)(av + gv * inv) : (double)av;
+    }
+    double tol = sizeof(T) == 4 ? 0 : 8e-3;
+    check(std::string("lora_dropout_") + tname<T>(), host(out), wout, tol, tol);
+    check(std::string("lora_dropout_add_") + tname<T>(), host(accd), wacc, tol, tol);
+    check("lora mask keeps about 1-p", {(float)kept / (float)len}, {0.7}, 0.06, 0);
+}
+
 int main() {
+    // SplitMix64 seeded with 0 starts 0xe220a8397b1dcdaf (Vigna's reference output).
+    check("splitmix64 reference output", {(float)(splitmix64_nth(0, 1) == 0xe220a8397b1dcdafull)}, {1.0}, 0, 0);
+    test_lora_dropout<float>(8); test_lora_dropout<bf16_t>(8);
     for (uint64_t seed : {1, 2}) {
         test_embedding<float>(seed); test_embedding<bf16_t>(seed);
         test_rmsnorm<float>(seed); test_rmsnorm<bf16_t>(seed);

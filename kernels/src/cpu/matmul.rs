@@ -47,6 +47,31 @@ pub(crate) fn gemm_strided(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
+    gemm_scaled(
+        threads, accumulate, m, n, k, dst, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs,
+        rhs_cs, 1.0,
+    );
+}
+
+/// [`gemm_strided`] with the product scaled: `dst (=|+=) scale · lhs · rhs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_scaled(
+    threads: Threads,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    scale: f32,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -84,7 +109,7 @@ pub(crate) fn gemm_strided(
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -126,6 +151,38 @@ pub(crate) fn forward(
         w,
         1,
         ic,
+    );
+    Ok(())
+}
+
+/// `dinp[n, ic] = dout[n, oc] · w[oc, ic]` (overwrites), for a frozen `w`.
+pub(crate) fn backward_data(
+    dinp: &mut [f32],
+    dout: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<()> {
+    const OP: &str = "matmul_bwd_data";
+    expect_len(OP, "dinp", dinp.len(), mul(OP, &[n, ic])?)?;
+    expect_len(OP, "dout", dout.len(), mul(OP, &[n, oc])?)?;
+    expect_len(OP, "w", w.len(), mul(OP, &[oc, ic])?)?;
+    gemm_strided(
+        Threads::Pool,
+        false,
+        n,
+        ic,
+        oc,
+        dinp,
+        ic,
+        1,
+        dout,
+        oc,
+        1,
+        w,
+        ic,
+        1,
     );
     Ok(())
 }

@@ -37,6 +37,7 @@ mod adamw;
 mod attention;
 mod cross_entropy;
 mod embedding;
+mod lora;
 mod matmul;
 mod norm;
 mod residual;
@@ -46,7 +47,7 @@ mod swiglu;
 
 use std::sync::Arc;
 
-use crate::{AdamWParams, AttnShape, Backend, Error, Result};
+use crate::{AdamWParams, AttnShape, Backend, Error, LoraShape, Result};
 
 pub use norm::clip_scale;
 
@@ -301,6 +302,47 @@ impl Backend for CpuBackend {
         oc: usize,
     ) -> Result<()> {
         self.run(|| matmul::backward(dinp, dw, dout, inp, w, n, ic, oc))
+    }
+    fn matmul_bwd_data(
+        &self,
+        dinp: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        w: &Vec<f32>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.run(|| matmul::backward_data(dinp, dout, w, n, ic, oc))
+    }
+
+    fn lora_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        xa: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+        x: &Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        s: &LoraShape,
+    ) -> Result<()> {
+        self.run(|| lora::forward(out, xa, scratch, x, a, b, s))
+    }
+    fn lora_bwd(
+        &self,
+        dx: Option<&mut Vec<f32>>,
+        da: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dxa: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        xa: &Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        s: &LoraShape,
+    ) -> Result<()> {
+        let dx = dx.map(|v| v.as_mut_slice());
+        self.run(|| lora::backward(dx, da, db, dxa, scratch, dout, x, xa, a, b, s))
     }
 
     fn rope_fwd(

@@ -36,7 +36,7 @@ use cudarc::driver::{
 
 use super::modules::MODULES;
 use super::nvrtc::{self, ParamKind};
-use crate::{AdamWParams, AttnShape, Backend, Error, Result};
+use crate::{AdamWParams, AttnShape, Backend, Error, LoraShape, Result};
 
 /// Element type of a [`CudaBuf`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -590,6 +590,37 @@ impl CudaBackend {
         c_type: DType,
         beta: f32,
     ) -> Result<()> {
+        self.gemm_scaled(
+            op,
+            trans_a,
+            trans_b,
+            (m, n, k),
+            (a, lda),
+            (b, ldb),
+            ab_type,
+            (c, ldc),
+            c_type,
+            1.0,
+            beta,
+        )
+    }
+
+    /// Column-major `c = alpha · op(a) · op(b) + beta · c` (cuBLAS `gemm_ex`, fp32 compute).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_scaled(
+        &self,
+        op: &'static str,
+        trans_a: bool,
+        trans_b: bool,
+        (m, n, k): (usize, usize, usize),
+        (a, lda): (u64, usize),
+        (b, ldb): (u64, usize),
+        ab_type: DType,
+        (c, ldc): (u64, usize),
+        c_type: DType,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         use cudarc::cublas::sys::{
             cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType,
         };
@@ -604,7 +635,6 @@ impl CudaBackend {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let alpha = 1.0f32;
         // SAFETY: column-major GEMM on device buffers whose sizes the caller checked against m, n, k
         // and the leading dimensions; alpha/beta are host scalars (the default pointer mode).
         unsafe {
@@ -1079,6 +1109,249 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn matmul_bwd_data(
+        &self,
+        dinp: &mut CudaBuf,
+        dout: &CudaBuf,
+        w: &CudaBuf,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        const OP: &str = "matmul_bwd_data";
+        check_len(OP, "w", w.len(), oc * ic)?;
+        check_len(OP, "dout", dout.len(), n * oc)?;
+        let t = dout.dtype();
+        self.ensure_dtype(dinp, t)?;
+        check_len(OP, "dinp", dinp.len(), n * ic)?;
+        if n == 0 || ic == 0 {
+            return Ok(());
+        }
+        if oc == 0 {
+            return self.fill_zero(dinp);
+        }
+        let mut tmp = Vec::new();
+        let wp = self.ptr_as(w, t, &mut tmp)?;
+        let s = &self.stream;
+        // dinpᵀ(ic×n) = wᵀ(ic×oc)·doutᵀ(oc×n), overwriting.
+        self.gemm(
+            OP,
+            false,
+            false,
+            (ic, n, oc),
+            wp,
+            ic,
+            dout.ptr(s),
+            oc,
+            t,
+            dinp.ptr(s),
+            ic,
+            t,
+            0.0,
+        )
+    }
+
+    fn lora_fwd(
+        &self,
+        out: &mut CudaBuf,
+        xa: &mut CudaBuf,
+        scratch: &mut CudaBuf,
+        x: &CudaBuf,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        sh: &LoraShape,
+    ) -> Result<()> {
+        const OP: &str = "lora_fwd";
+        let LoraShape { n, ic, r, oc, .. } = *sh;
+        Self::check_lora(OP, sh)?;
+        check_len(OP, "x", x.len(), n * ic)?;
+        check_len(OP, "a", a.len(), r * ic)?;
+        check_len(OP, "b", b.len(), oc * r)?;
+        check_len(OP, "out", out.len(), n * oc)?;
+        let t = x.dtype();
+        self.ensure_dtype(xa, t)?;
+        check_len(OP, "xa", xa.len(), n * r)?;
+        if out.dtype() != t {
+            return Err(Error::Device(format!("{OP}: out and x differ in dtype")));
+        }
+        if n == 0 || r == 0 {
+            return Ok(());
+        }
+        let mut tmp = Vec::new();
+        let ap = self.ptr_as(a, t, &mut tmp)?;
+        let bp = self.ptr_as(b, t, &mut tmp)?;
+        let xd = self.lora_input(OP, scratch, x, sh)?;
+        let s = &self.stream;
+        // xaᵀ(r×n) = op_T(a)·xdᵀ; then outᵀ(oc×n) += scale · op_T(b)·xaᵀ.
+        self.gemm(
+            OP,
+            true,
+            false,
+            (r, n, ic),
+            ap,
+            ic,
+            xd,
+            ic,
+            t,
+            xa.ptr(s),
+            r,
+            t,
+            0.0,
+        )?;
+        self.gemm_scaled(
+            OP,
+            true,
+            false,
+            (oc, n, r),
+            (bp, r),
+            (xa.ptr(s), r),
+            t,
+            (out.ptr(s), oc),
+            t,
+            sh.scale,
+            1.0,
+        )
+    }
+
+    fn lora_bwd(
+        &self,
+        dx: Option<&mut CudaBuf>,
+        da: &mut CudaBuf,
+        db: &mut CudaBuf,
+        dxa: &mut CudaBuf,
+        scratch: &mut CudaBuf,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        xa: &CudaBuf,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        sh: &LoraShape,
+    ) -> Result<()> {
+        const OP: &str = "lora_bwd";
+        let LoraShape { n, ic, r, oc, .. } = *sh;
+        Self::check_lora(OP, sh)?;
+        check_len(OP, "x", x.len(), n * ic)?;
+        check_len(OP, "xa", xa.len(), n * r)?;
+        check_len(OP, "dout", dout.len(), n * oc)?;
+        check_len(OP, "a", a.len(), r * ic)?;
+        check_len(OP, "b", b.len(), oc * r)?;
+        let t = x.dtype();
+        self.ensure_dtype(da, DType::F32)?;
+        self.ensure_dtype(db, DType::F32)?;
+        self.ensure_dtype(dxa, t)?;
+        check_len(OP, "da", da.len(), r * ic)?;
+        check_len(OP, "db", db.len(), oc * r)?;
+        check_len(OP, "dxa", dxa.len(), n * r)?;
+        if n == 0 || r == 0 {
+            return Ok(());
+        }
+        let mut tmp = Vec::new();
+        let ap = self.ptr_as(a, t, &mut tmp)?;
+        let bp = self.ptr_as(b, t, &mut tmp)?;
+        let dp = self.ptr_as(dout, t, &mut tmp)?;
+        let xap = self.ptr_as(xa, t, &mut tmp)?;
+        let s = &self.stream;
+        // dbᵀ(r×oc) += scale · xaᵀ(r×n)·dout(n×oc), in fp32.
+        self.gemm_scaled(
+            OP,
+            false,
+            true,
+            (r, oc, n),
+            (xap, r),
+            (dp, oc),
+            t,
+            (db.ptr(s), r),
+            DType::F32,
+            sh.scale,
+            1.0,
+        )?;
+        // dxaᵀ(r×n) = scale · bᵀ(r×oc)·doutᵀ(oc×n).
+        self.gemm_scaled(
+            OP,
+            false,
+            false,
+            (r, n, oc),
+            (bp, r),
+            (dp, oc),
+            t,
+            (dxa.ptr(s), r),
+            t,
+            sh.scale,
+            0.0,
+        )?;
+        // daᵀ(ic×r) += xdᵀ(ic×n)·dxa(n×r), in fp32.
+        let xd = self.lora_input(OP, scratch, x, sh)?;
+        self.gemm(
+            OP,
+            false,
+            true,
+            (ic, r, n),
+            xd,
+            ic,
+            dxa.ptr(s),
+            r,
+            t,
+            da.ptr(s),
+            ic,
+            DType::F32,
+            1.0,
+        )?;
+        let Some(dx) = dx else {
+            return Ok(());
+        };
+        check_len(OP, "dx", dx.len(), n * ic)?;
+        if dx.dtype() != t {
+            return Err(Error::Device(format!("{OP}: dx and x differ in dtype")));
+        }
+        if sh.dropout == 0.0 {
+            // dxᵀ(ic×n) += aᵀ(ic×r)·dxaᵀ(r×n).
+            return self.gemm(
+                OP,
+                false,
+                false,
+                (ic, n, r),
+                ap,
+                ic,
+                dxa.ptr(s),
+                r,
+                t,
+                dx.ptr(s),
+                ic,
+                t,
+                1.0,
+            );
+        }
+        // scratch = dxa·a, then dx += drop(scratch) with the forward's mask.
+        self.gemm(
+            OP,
+            false,
+            false,
+            (ic, n, r),
+            ap,
+            ic,
+            dxa.ptr(s),
+            r,
+            t,
+            scratch.ptr(s),
+            ic,
+            t,
+            0.0,
+        )?;
+        let len = n * ic;
+        self.launch(
+            &format!("lora_dropout_add_{}", t.suffix()),
+            grid_stride(len),
+            &[
+                Arg::Ptr(dx.ptr(s)),
+                Arg::Ptr(scratch.ptr(s)),
+                Arg::F32(sh.dropout),
+                Arg::F32(1.0 / (1.0 - sh.dropout)),
+                Arg::I64(sh.seed as i64),
+                Arg::I64(len as i64),
+            ],
+        )
+    }
+
     fn rope_fwd(
         &self,
         x: &mut CudaBuf,
@@ -1523,6 +1796,57 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    fn check_lora(op: &'static str, sh: &LoraShape) -> Result<()> {
+        if (0.0..1.0).contains(&sh.dropout) {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                op,
+                detail: format!("dropout {} is outside [0, 1)", sh.dropout),
+            })
+        }
+    }
+
+    /// The adapter's input as a device pointer: `x`, or `drop(x)` written into `scratch`
+    /// (converted to `x`'s dtype and checked to hold `n·ic` elements).
+    fn lora_input(
+        &self,
+        op: &'static str,
+        scratch: &mut CudaBuf,
+        x: &CudaBuf,
+        sh: &LoraShape,
+    ) -> Result<u64> {
+        let s = &self.stream;
+        if sh.dropout == 0.0 {
+            return Ok(x.ptr(s));
+        }
+        let t = x.dtype();
+        self.ensure_dtype(scratch, t)?;
+        let len = sh.n * sh.ic;
+        if scratch.len() < len {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "scratch has {} elements, needs at least {len}",
+                    scratch.len()
+                ),
+            });
+        }
+        self.launch(
+            &format!("lora_dropout_{}", t.suffix()),
+            grid_stride(len),
+            &[
+                Arg::Ptr(scratch.ptr(s)),
+                Arg::Ptr(x.ptr(s)),
+                Arg::F32(sh.dropout),
+                Arg::F32(1.0 / (1.0 - sh.dropout)),
+                Arg::I64(sh.seed as i64),
+                Arg::I64(len as i64),
+            ],
+        )?;
+        Ok(scratch.ptr(s))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,

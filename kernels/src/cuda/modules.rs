@@ -129,4 +129,14 @@ pub const MODULES: &[Module] = &[
             "add_inplace_bf16_f32",
         ],
     },
+    Module {
+        name: "lora",
+        src: include_str!("../../cuda/lora.cu"),
+        kernels: &[
+            "lora_dropout_f32",
+            "lora_dropout_bf16",
+            "lora_dropout_add_f32",
+            "lora_dropout_add_bf16",
+        ],
+    },
 ];
