@@ -28,6 +28,23 @@ if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
   fi
 fi
 
+# torch, transformers and peft (tests/lora_cli.rs: peft loads our adapters and transformers our
+# checkpoints, with our logits). PyPI's torch wheel brings the CUDA libraries (about 5 GB), so it
+# lives in a venv under ~/.cache that every clone reuses: the first install takes about 15
+# minutes, later runs none.
+if [ -z "${KOALA_NO_PYTHON:-}" ] && command -v python3 >/dev/null; then
+  tv="${KOALA_TORCH_VENV:-$HOME/.cache/koala/torch-venv}"
+  if ! "$tv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then
+    mkdir -p "$(dirname "$tv")"
+    { [ -x "$tv/bin/python" ] || python3 -m venv "$tv"; } &&
+      "$tv/bin/pip" install -q --disable-pip-version-check torch transformers peft safetensors numpy ||
+      echo "warning: could not install torch, transformers and peft; tests/lora_cli.rs will skip its peft check" >&2
+  fi
+  if "$tv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then
+    export KOALA_TORCH_PYTHON="$tv/bin/python"
+  fi
+fi
+
 # The browser tests (tests/chat_page.rs, tests/eval_rate_page.rs) drive headless Chromium through
 # chromedriver; they skip without them, and fail without them under CI.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

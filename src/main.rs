@@ -36,6 +36,8 @@ enum Command {
     Bleu(cmd::bleu::BleuArgs),
     /// Format, tokenise (with loss masks) and pack conversations into training shards.
     Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Memory per GPU and tokens/s of a fine-tuning job before launching it (see docs/scale.md).
+    Plan(cmd::plan::Args),
     /// Train locally on token shards (progress bar, metrics JSONL, loss curve, checkpoints).
     Train(cmd::train::Args),
     /// Write the fp32 logits of a batch of token ids as .npy (cross-check against transformers).
@@ -44,6 +46,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Export a model for other runtimes: `gguf` writes one file for llama.cpp and Ollama.
     Export(cmd::export::Args),
+    /// LoRA adapters: `merge` folds one into its base model (see docs/training.md).
+    Lora(cmd::lora::Args),
     /// Serve models over the OpenAI HTTP API, with a chat page at `/` (see docs/serving.md).
     ServeModel(cmd::serve_model::Args),
     /// Run the gRPC trainer daemon (see docs/daemon.md).
@@ -60,6 +64,8 @@ enum Command {
     Sample(cmd::jobs::SampleArgs),
     /// Watermark tools: `detect` tests texts for the `--watermark-key` green-list watermark.
     Watermark(cmd::watermark::Args),
+    /// Weight diffs as Koala released its weights: `diff` against a base, `recover` bit for bit.
+    Weights(cmd::weights::Args),
     /// Alpaca's self-instruct: `generate` instruction data from a teacher API, `dedup` (ROUGE-L).
     #[command(name = "self-instruct")]
     SelfInstruct(cmd::self_instruct::Args),
@@ -84,10 +90,12 @@ fn main() -> anyhow::Result<()> {
         Command::Testset(a) => cmd::testset::run(a),
         Command::Bleu(a) => cmd::bleu::run(a),
         Command::Tokenize(a) => cmd::tokenize::main(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Lora(a) => cmd::lora::run(a),
         Command::ServeModel(a) => cmd::serve_model::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Submit(a) => cmd::submit::run(a),
@@ -96,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cancel(a) => cmd::jobs::cancel(a),
         Command::Sample(a) => cmd::jobs::sample(a),
         Command::Watermark(a) => cmd::watermark::run(a),
+        Command::Weights(a) => cmd::weights::run(a),
         Command::SelfInstruct(a) => cmd::self_instruct::run(a),
         Command::Eval(a) => cmd::eval::run(a),
     }

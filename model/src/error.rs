@@ -20,6 +20,23 @@ pub enum Error {
     /// A request or argument is invalid; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// A tensor of a checkpoint or weight diff is missing or not what was expected.
+    #[error("{path}: tensor {tensor}: {msg}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
+    /// A tensor's sha256 differs from the one a weight diff recorded in `manifest`: a wrong base
+    /// checkpoint, a corrupted diff, or a recovered tensor that is not the fine-tuned one (the
+    /// message gives both checksums and says which).
+    #[error("{path}: tensor {tensor}: {msg}")]
+    Checksum {
+        path: PathBuf,
+        tensor: String,
+        manifest: PathBuf,
+        msg: String,
+    },
     /// The engine's bounded queue is full; retry later.
     #[error("the generation queue is full ({0} requests waiting)")]
     QueueFull(usize),

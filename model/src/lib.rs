@@ -7,7 +7,9 @@
 //! * [`sampling`]: temperature, top-k, top-p;
 //! * [`text`]: incremental detokenisation with stop strings that may span tokens;
 //! * [`gguf`]: export to GGUF for llama.cpp and Ollama, with a LoRA adapter merged ([`lora`]);
-//! * [`watermark`]: a keyed green-list watermark (Kirchenbauer et al. 2023) and its detector.
+//! * [`watermark`]: a keyed green-list watermark (Kirchenbauer et al. 2023) and its detector;
+//! * [`weight_diff`]: Koala-style weight diffs against a base checkpoint, and recovery, exact to
+//!   the bit and checked by sha256 (see docs/weights.md).
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod lora;
 pub mod sampling;
 pub mod text;
 pub mod watermark;
+pub mod weight_diff;
 pub mod weights;
 
 pub use config::LlamaConfig;

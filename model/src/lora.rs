@@ -55,6 +55,12 @@ impl Adapter {
                 "fan_in_fan_out adapters (GPT-2 Conv1D layers) do not apply to LLaMA",
             ));
         }
+        if cfg.get("lora_bias").and_then(Json::as_bool) == Some(true) {
+            return Err(Error::format(
+                &cfg_path,
+                "adapters with a trained bias (lora_bias) are not supported",
+            ));
+        }
         if cfg.get("use_dora").and_then(Json::as_bool) == Some(true) {
             return Err(Error::format(
                 &cfg_path,
@@ -87,9 +93,16 @@ impl Adapter {
         let mut halves: HashMap<String, [Half; 2]> = HashMap::new();
         for (name, view) in st.tensors() {
             let module = name.strip_prefix("base_model.model.").unwrap_or(&name);
-            let (module, which) = if let Some(m) = module.strip_suffix(".lora_A.weight") {
+            // Older peft kept the adapter name in saved keys (`….lora_A.default.weight`).
+            let (module, which) = if let Some(m) = module
+                .strip_suffix(".lora_A.weight")
+                .or_else(|| module.strip_suffix(".lora_A.default.weight"))
+            {
                 (m, 0)
-            } else if let Some(m) = module.strip_suffix(".lora_B.weight") {
+            } else if let Some(m) = module
+                .strip_suffix(".lora_B.weight")
+                .or_else(|| module.strip_suffix(".lora_B.default.weight"))
+            {
                 (m, 1)
             } else {
                 return Err(Error::format(
@@ -173,17 +186,181 @@ impl Adapter {
                 p.b_out, p.a_in
             )));
         }
+        // As peft: `W + (B·A)·scale`, the product summed over the rank first, then scaled.
+        let mut delta = vec![0.0f32; inp];
         for (o, row) in w.chunks_exact_mut(inp).enumerate() {
+            delta.fill(0.0);
             for j in 0..p.r {
-                let s = self.scale * p.b[o * p.r + j];
-                if s != 0.0 {
-                    for (x, a) in row.iter_mut().zip(&p.a[j * inp..(j + 1) * inp]) {
-                        *x += s * a;
-                    }
+                let b = p.b[o * p.r + j];
+                for (d, a) in delta.iter_mut().zip(&p.a[j * inp..(j + 1) * inp]) {
+                    *d += b * a;
                 }
+            }
+            for (x, d) in row.iter_mut().zip(&delta) {
+                *x += d * self.scale;
             }
         }
         Ok(true)
+    }
+
+    /// Whether the base weight `name` (`model.layers.0.self_attn.q_proj.weight`) is adapted.
+    pub fn adapts(&self, name: &str) -> bool {
+        self.pairs.contains_key(name)
+    }
+}
+
+/// The files a merged model directory copies unchanged from its base (besides the weights).
+const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
+];
+
+/// Writes `out`: the HF model in `base` with `adapter` merged, as peft's `merge_and_unload` +
+/// `save_pretrained` would: every adapted weight becomes `W + (B·A)·scale` (computed in f32,
+/// rounded once to the weight's own dtype: F32, F16 or BF16), every other tensor and file is
+/// copied unchanged, and the shard layout (single file, or shards with their index) is kept.
+///
+/// It streams: each safetensors file keeps its header (dtypes and shapes do not change, so
+/// neither do the offsets), and tensors are read from the memory map and written one at a
+/// time, so a 13B checkpoint needs memory for its largest tensor, not for the model. Returns
+/// how many weights were merged.
+///
+/// ```no_run
+/// use koala_model::lora::{Adapter, merge_dir};
+/// use std::path::Path;
+/// let ad = Adapter::load(Path::new("runs/lora/final")).unwrap();
+/// let n = merge_dir(Path::new("llama-7b"), &ad, Path::new("koala-7b-merged")).unwrap();
+/// println!("merged {n} weights");
+/// ```
+pub fn merge_dir(base: &Path, adapter: &Adapter, out: &Path) -> Result<usize> {
+    use std::io::Write;
+    let index = base.join("model.safetensors.index.json");
+    let files: Vec<String> = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: Json = serde_json::from_str(&text).map_err(|e| Error::format(&index, e))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Json::as_object)
+            .ok_or_else(|| Error::format(&index, "missing object `weight_map`"))?;
+        let mut f: Vec<String> = map
+            .values()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    } else {
+        vec!["model.safetensors".to_string()]
+    };
+    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(base).ok() {
+        return Err(Error::Invalid(format!(
+            "--out {} is the base model's own directory",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut merged = Vec::new();
+    for name in &files {
+        let src = base.join(name);
+        let file = std::fs::File::open(&src).map_err(|e| Error::io(&src, e))?;
+        // SAFETY: read-only map of a file we do not modify; a concurrent writer would be the
+        // caller's bug (the same rule as the model loader).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&src, e))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::format(&src, e))?;
+        let data_start = 8 + header_len;
+        let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            meta.tensors().into_iter().collect();
+        tensors.sort_by_key(|(_, info)| info.data_offsets.0);
+        let dst = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
+        w.write_all(&map[..data_start])
+            .map_err(|e| Error::io(&tmp, e))?;
+        let mut pos = 0usize;
+        for (tname, info) in tensors {
+            let (a, b) = info.data_offsets;
+            if a != pos {
+                // Padding between tensors is kept as it is.
+                w.write_all(&map[data_start + pos..data_start + a])
+                    .map_err(|e| Error::io(&tmp, e))?;
+            }
+            let bytes = &map[data_start + a..data_start + b];
+            if adapter.adapts(&tname) {
+                let [o, i] = info.shape[..] else {
+                    return Err(Error::format(
+                        &src,
+                        format!("tensor {tname}: shape {:?} is not a matrix", info.shape),
+                    ));
+                };
+                let mut x = decode_floats(info.dtype, bytes).ok_or_else(|| {
+                    Error::format(
+                        &src,
+                        format!(
+                            "tensor {tname}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                            info.dtype
+                        ),
+                    )
+                })?;
+                adapter.merge_into(&tname, &mut x, o, i)?;
+                w.write_all(&encode_floats(info.dtype, &x))
+                    .map_err(|e| Error::io(&tmp, e))?;
+                merged.push(tname);
+            } else {
+                w.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+            }
+            pos = b;
+        }
+        if data_start + pos != map.len() {
+            w.write_all(&map[data_start + pos..])
+                .map_err(|e| Error::io(&tmp, e))?;
+        }
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        tracing::info!(file = %dst.display(), "merged");
+    }
+    if let Some(t) = adapter
+        .targets()
+        .into_iter()
+        .find(|t| !merged.iter().any(|m| m == t))
+    {
+        return Err(Error::Invalid(format!(
+            "the adapter adapts {t}, which the model in {} does not have",
+            base.display()
+        )));
+    }
+    for side in SIDE_FILES {
+        let p = base.join(side);
+        if p.is_file() {
+            std::fs::copy(&p, out.join(side)).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(merged.len())
+}
+
+/// `values` in `dtype`'s little-endian bytes (round to nearest even for F16 / BF16); only the
+/// dtypes [`decode_floats`] reads reach here.
+fn encode_floats(dtype: safetensors::Dtype, values: &[f32]) -> Vec<u8> {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => values.iter().flat_map(|&x| x.to_le_bytes()).collect(),
     }
 }
 

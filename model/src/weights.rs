@@ -19,6 +19,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::LlamaConfig;
+use crate::lora::Adapter;
 use crate::{Error, Result};
 
 enum Data {
@@ -230,8 +231,38 @@ impl Weights {
 
     /// Loads like [`Weights::load`], keeping the projections and the output head as `dtype`.
     pub fn load_as(dir: &Path, dtype: WeightDtype) -> Result<Self> {
+        Self::load_with_adapter(dir, dtype, None)
+    }
+
+    /// Loads like [`Weights::load_as`] with a LoRA adapter merged into the weights it adapts
+    /// (`W + scale·B·A` in f32, as peft's `merge_and_unload`, then stored as `dtype`). An adapter
+    /// naming a weight this model does not have is an error.
+    ///
+    /// ```no_run
+    /// use koala_model::{Weights, WeightDtype, lora::Adapter};
+    /// use std::path::Path;
+    /// let ad = Adapter::load(Path::new("out/lora/final")).unwrap();
+    /// let w = Weights::load_with_adapter(Path::new("base"), WeightDtype::F32, Some(&ad)).unwrap();
+    /// ```
+    pub fn load_with_adapter(
+        dir: &Path,
+        dtype: WeightDtype,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
         let mut map = TensorMap::open(dir)?;
+        map.adapter = adapter;
+        if let Some(ad) = adapter
+            && let Some(t) = ad
+                .targets()
+                .into_iter()
+                .find(|t| !map.entries.contains_key(*t))
+        {
+            return Err(Error::Invalid(format!(
+                "the adapter adapts {t}, which the model in {} does not have",
+                dir.display()
+            )));
+        }
         let (c, q, kv, im, v) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -320,13 +351,15 @@ impl Weights {
 }
 
 /// Where each tensor of a checkpoint lives: its file's map and the header entry.
-struct TensorMap {
+struct TensorMap<'a> {
     /// name → (file index, dtype, shape, byte offset in the map, byte length).
     entries: HashMap<String, (usize, Dtype, Vec<usize>, usize, usize)>,
     maps: Vec<(PathBuf, Arc<Mmap>)>,
+    /// Merged into the weights it adapts as they are taken.
+    adapter: Option<&'a Adapter>,
 }
 
-impl TensorMap {
+impl TensorMap<'_> {
     fn open(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
@@ -396,12 +429,28 @@ impl TensorMap {
             }
             maps.push((path, map));
         }
-        Ok(TensorMap { entries, maps })
+        Ok(TensorMap {
+            entries,
+            maps,
+            adapter: None,
+        })
     }
 
     /// Takes tensor `name` as `dtype`: a `bf16` tensor in the file is mapped in place when
     /// `bf16` is asked for.
     fn take_as(&mut self, name: &str, shape: &[usize], dtype: WeightDtype) -> Result<Tensor> {
+        if let Some(ad) = self.adapter
+            && ad.adapts(name)
+        {
+            let t = self.take(name, shape)?;
+            let mut w = t.to_f32().into_owned();
+            ad.merge_into(name, &mut w, shape[0], shape[1])?;
+            let t = Tensor::owned(shape.to_vec(), w);
+            return Ok(match dtype {
+                WeightDtype::F32 => t,
+                WeightDtype::Bf16 => t.into_bf16(),
+            });
+        }
         if dtype == WeightDtype::Bf16
             && let Some((fi, Dtype::BF16, got, off, nbytes)) = self.entries.get(name).cloned()
             && got == shape

@@ -229,11 +229,13 @@ fn bad_requests_and_a_full_queue_are_errors() {
 }
 
 /// The CUDA path (projections through cuBLAS) gives transformers' greedy tokens too. Run by
-/// `scripts/gpu-check.sh` on a machine with a GPU.
+/// `scripts/gpu-check.sh` (with `--ignored`) on a machine with a GPU, where a GPU that cannot be
+/// opened fails it with the reason.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn cuda_engine_greedy_tokens_equal_transformers() {
-    let engine = Engine::on_device(weights(), "cuda:0", EngineConfig::default()).unwrap();
+    let engine = Engine::on_device(weights(), "cuda:0", EngineConfig::default())
+        .unwrap_or_else(|e| panic!("needs an NVIDIA GPU: the engine could not open cuda:0: {e}"));
     assert!(engine.device().starts_with("cuda"), "{}", engine.device());
     for c in cases() {
         let out = engine

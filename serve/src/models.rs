@@ -68,7 +68,22 @@ impl Served {
         limits: EngineConfig,
         dtype: WeightDtype,
     ) -> Result<Self, LoadError> {
-        let w = Arc::new(Weights::load_as(dir, dtype)?);
+        Self::load_with_adapter(name, dir, format, device, limits, dtype, None)
+    }
+
+    /// [`Served::load_as`] with a LoRA adapter directory (ours or peft's) merged into the
+    /// weights at load time, as peft's `merge_and_unload`.
+    pub fn load_with_adapter(
+        name: &str,
+        dir: &Path,
+        format: FormatName,
+        device: &str,
+        limits: EngineConfig,
+        dtype: WeightDtype,
+        adapter: Option<&Path>,
+    ) -> Result<Self, LoadError> {
+        let adapter = adapter.map(koala_model::lora::Adapter::load).transpose()?;
+        let w = Arc::new(Weights::load_with_adapter(dir, dtype, adapter.as_ref())?);
         let tk_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tk_path).map_err(|e| LoadError::Tokenizer {
             path: tk_path.clone(),

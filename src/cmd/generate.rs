@@ -18,6 +18,9 @@ pub struct Args {
     /// HF model directory (`config.json` + safetensors).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (ours or peft's) to merge into the weights at load.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Prompt text (needs a tokenizer).
     #[arg(long)]
     prompt: Option<String>,
@@ -75,7 +78,16 @@ impl From<DtypeArg> for WeightDtype {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let w = Arc::new(Weights::load_as(&args.model, args.dtype.into())?);
+    let adapter = args
+        .adapter
+        .as_deref()
+        .map(koala_model::lora::Adapter::load)
+        .transpose()?;
+    let w = Arc::new(Weights::load_with_adapter(
+        &args.model,
+        args.dtype.into(),
+        adapter.as_ref(),
+    )?);
     let stop_tokens = w.cfg.eos_ids();
     let engine = Engine::on_device(w, &args.device, EngineConfig::default())?;
     let params = SampleParams {

@@ -14,6 +14,10 @@ pub struct Args {
     /// A model directory (`DIR`, served under its folder name) or `NAME=DIR`; repeatable.
     #[arg(long = "model", required = true)]
     models: Vec<String>,
+    /// A LoRA adapter directory (ours or peft's) to merge into a model at load: `DIR` when one
+    /// model is served, else `NAME=DIR`; repeatable.
+    #[arg(long = "adapter")]
+    adapters: Vec<String>,
     /// Address to listen on (`127.0.0.1:0` picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: String,
@@ -67,6 +71,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         queue_capacity: args.queue,
         ..EngineConfig::default()
     };
+    let mut adapters: Vec<(Option<String>, PathBuf)> = Vec::new();
+    for a in &args.adapters {
+        adapters.push(match a.split_once('=') {
+            Some((n, d)) if !n.is_empty() => (Some(n.to_string()), PathBuf::from(d)),
+            _ if args.models.len() == 1 => (None, PathBuf::from(a)),
+            _ => bail!("--adapter {a}: several models are served; use --adapter NAME=DIR"),
+        });
+    }
     let mut models = Vec::new();
     for spec in &args.models {
         let (name, dir) = match spec.split_once('=') {
@@ -84,17 +96,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if models.iter().any(|m: &Arc<Served>| m.name == name) {
             bail!("--model: two models are named `{name}`; use NAME=DIR");
         }
-        let served = Served::load_as(
+        let adapter = adapters
+            .iter()
+            .find(|(n, _)| n.as_deref().is_none_or(|n| n == name))
+            .map(|(_, d)| d.as_path());
+        let served = Served::load_with_adapter(
             &name,
             &dir,
             args.format,
             &args.device,
             limits.clone(),
             args.dtype.into(),
+            adapter,
         )
         .with_context(|| format!("loading --model {spec}"))?;
         tracing::info!(model = %name, dir = %dir.display(), device = served.engine.device(), "loaded");
         models.push(Arc::new(served));
+    }
+    if let Some((Some(n), _)) = adapters.iter().find(|(n, _)| {
+        n.as_ref()
+            .is_some_and(|n| !models.iter().any(|m| &m.name == n))
+    }) {
+        bail!("--adapter {n}=…: no model is named `{n}`");
     }
     let token = match &args.token_file {
         Some(p) => {

@@ -1,5 +1,7 @@
 //! Training checkpoints: `out_dir/checkpoints/step-NNNNNNNN/` holds the model in the HF layout
-//! (`config.json` + `model.safetensors`, loadable by `transformers` as-is), the AdamW moments
+//! (`config.json` + `model.safetensors`, loadable by `transformers` as-is) — or, when training a
+//! LoRA adapter, the base's `config.json` and the adapter in peft's layout
+//! (`adapter_config.json` + `adapter_model.safetensors`, loadable by `peft` as-is) — the AdamW moments
 //! (`optimizer.safetensors`) and `state.json` (step, data-loader position, RNG seed, a hash of the
 //! hyperparameters).
 //!
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LlamaConfig;
 use crate::data::LoaderPosition;
+use crate::lora::{self, LoraConfig};
 use crate::weights::{self, Tensors};
 use crate::{Error, Result};
 
@@ -37,13 +40,22 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// The LoRA side of a checkpoint: the adapter's settings and the base model it adapts (the
+/// `base_model_name_or_path` of `adapter_config.json`).
+pub struct AdapterMeta<'a> {
+    pub lora: &'a LoraConfig,
+    pub base_model: &'a str,
+}
+
 /// Writes a checkpoint under `root` (usually `out_dir/checkpoints`); returns its directory.
+/// `model` holds the model's weights, or with `adapter` the adapter's tensors.
 pub fn save(
     root: &Path,
     cfg: &LlamaConfig,
     model: &Tensors,
     optim: &Tensors,
     state: &TrainState,
+    adapter: Option<AdapterMeta<'_>>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     let name = dir_name(state.step);
@@ -51,7 +63,15 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    weights::save_dir(&tmp, cfg, model, 5 << 30)?;
+    match adapter {
+        Some(m) => {
+            weights::save_config(&tmp, cfg)?;
+            lora::save_adapter(&tmp, m.lora, model, m.base_model)?;
+        }
+        None => {
+            weights::save_dir(&tmp, cfg, model, 5 << 30)?;
+        }
+    }
     weights::atomic_write(
         &tmp.join("optimizer.safetensors"),
         &weights::serialize(optim)?,
@@ -110,7 +130,9 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
 /// A loaded checkpoint.
 pub struct Loaded {
     pub config: LlamaConfig,
+    /// The model's weights, or the adapter's tensors when `lora` is set.
     pub model: Tensors,
+    pub lora: Option<LoraConfig>,
     pub optim: Tensors,
     pub state: TrainState,
 }
@@ -118,7 +140,12 @@ pub struct Loaded {
 /// Reads a checkpoint directory written by [`save`].
 pub fn load(dir: &Path) -> Result<Loaded> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-    let model = weights::load_dir(dir)?;
+    let (model, lora) = if lora::is_adapter_dir(dir) {
+        let (lc, t) = lora::load_adapter(dir, &config)?;
+        (t, Some(lc))
+    } else {
+        (weights::load_dir(dir)?, None)
+    };
     let optim = weights::load_file(&dir.join("optimizer.safetensors"))?;
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
@@ -126,6 +153,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     Ok(Loaded {
         config,
         model,
+        lora,
         optim,
         state,
     })
@@ -154,7 +182,7 @@ mod tests {
                 hyper_sha256: "x".into(),
                 last_loss: 1.5,
             };
-            save(&root, &cfg, &w, &w, &st).unwrap();
+            save(&root, &cfg, &w, &w, &st, None).unwrap();
         }
         // A leftover temp dir from a crash is not a checkpoint.
         std::fs::create_dir_all(root.join(".step-00000020.tmp")).unwrap();

@@ -16,6 +16,16 @@ pub fn load_model<B: Backend>(be: &B, dir: &Path) -> Result<Llama<B>> {
     Llama::from_tensors(be, cfg, &w)
 }
 
+/// Loads `dir` like [`load_model`] with a LoRA adapter (ours or peft's `save_pretrained`
+/// output) applied unmerged, through the adapter path of the training forward (no dropout).
+pub fn load_model_with_adapter<B: Backend>(be: &B, dir: &Path, adapter: &Path) -> Result<Llama<B>> {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let w = weights::load_dir(dir)?;
+    weights::check_against(&cfg, &w, dir)?;
+    let (lc, ad) = crate::lora::load_adapter(adapter, &cfg)?;
+    Llama::with_lora(be, cfg, &w, &lc, &ad)
+}
+
 /// Parses a JSON list of equal-length lists of token ids.
 pub fn parse_ids(text: &str, src: &Path, vocab: usize) -> Result<Vec<Vec<u32>>> {
     let rows: Vec<Vec<u64>> = serde_json::from_str(text)

@@ -14,10 +14,14 @@ pub mod dp;
 pub mod error;
 pub mod hparams;
 pub mod infer;
+/// LoRA adapters in peft's format: config, tensors, save and load.
+pub mod lora;
 pub mod model;
 pub mod notebook;
 pub mod npy;
 pub mod optim;
+/// The memory planner behind `koala plan`: per-GPU memory and tokens/s of a fine-tuning job.
+pub mod plan;
 pub mod plot;
 pub mod schedule;
 pub mod tensorboard;

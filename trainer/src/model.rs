@@ -4,9 +4,10 @@
 //! Shapes, with `n = b·t` token positions: the residual stream is `[n, hidden]`; q is
 //! `[n, heads·head_dim]`, k and v `[n, kv_heads·head_dim]` (the `[b, t, heads, head_dim]` layout
 //! the attention op expects); the MLP runs at `[n, intermediate]`; logits are `[n, vocab]`.
-use koala_kernels::{AttnShape, Backend};
+use koala_kernels::{AttnShape, Backend, LoraShape};
 
 use crate::config::LlamaConfig;
+use crate::lora::{self, LoraConfig};
 use crate::weights::{HostTensor, PER_LAYER, ParamSpec, Tensors, param_specs};
 use crate::{Error, Result};
 
@@ -26,6 +27,8 @@ struct LayerActs<B: Backend> {
     gate: B::Buf,
     up: B::Buf,
     act: B::Buf,
+    /// `drop(x)·Aᵀ` of each adapted linear layer, by slot (LoRA only).
+    xa: Vec<Option<B::Buf>>,
 }
 
 /// All activations and scratch buffers of one `(b, t)` shape.
@@ -51,6 +54,11 @@ struct Acts<B: Backend> {
     dgate: B::Buf,
     dup: B::Buf,
     dact: B::Buf,
+    // LoRA: `drop(x)` and `drop(dxa·A)` (`n·max_in` elements with dropout, else 1), `dxa`, and
+    // where the frozen norms' weight gradients go (never read).
+    lora_scratch: B::Buf,
+    lora_dxa: B::Buf,
+    norm_sink: B::Buf,
 }
 
 /// Token-level inputs of one forward pass, already on the backend.
@@ -97,15 +105,150 @@ impl<B: Backend> Inputs<B> {
     }
 }
 
-/// A LLaMA model with its parameters and gradients on backend `B`.
+/// A LLaMA model with its trainable parameters and their gradients on backend `B`.
+///
+/// In full fine-tuning the trainable parameters are the model's weights ([`param_specs`]). With
+/// a LoRA adapter ([`Llama::with_lora`]) they are the adapter's `lora_A` / `lora_B` tensors
+/// (peft's names), and the model's weights are frozen: kept apart, with no gradient and no
+/// optimizer state. The optimizer, data parallelism and checkpoints see only the trainable set.
 pub struct Llama<B: Backend> {
     pub cfg: LlamaConfig,
+    /// Names and shapes of the trainable parameters.
     pub specs: Vec<ParamSpec>,
     pub params: Vec<B::Buf>,
     /// Gradients, same order as `params`; they accumulate across [`Llama::forward_backward`]
     /// calls until [`Llama::zero_grads`].
     pub grads: Vec<B::Buf>,
+    /// The frozen model weights, in [`param_specs`] order, when training an adapter.
+    frozen: Option<Vec<B::Buf>>,
+    lora: Option<LoraLayout>,
+    /// Dropout on (training) or off (evaluation, inference).
+    train_mode: bool,
+    /// Seeds LoRA dropout: set per optimizer step, advanced per forward.
+    dropout_seed: u64,
+    dropout_calls: u64,
+    /// The seed of the current forward (the backward redraws its masks).
+    call_seed: u64,
     acts: Option<Acts<B>>,
+}
+
+/// Where each adapter sits in [`Llama::params`].
+struct LoraLayout {
+    cfg: LoraConfig,
+    /// `a_index[layer][slot]`: the index of `lora_A` in `params` (`lora_B` follows it).
+    a_index: Vec<[Option<usize>; PER_LAYER]>,
+    max_in: usize,
+}
+
+impl LoraLayout {
+    fn a(&self, layer: usize, slot: usize) -> Option<usize> {
+        self.a_index[layer][slot]
+    }
+}
+
+/// SplitMix64's finaliser of `a` and `b`: decorrelated dropout seeds per step, call and layer.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The weights a linear layer reads and, with LoRA, its adapter; `n` token positions.
+struct Linear<'a, B: Backend> {
+    be: &'a B,
+    /// The model's weights ([`param_specs`] order).
+    base: &'a [B::Buf],
+    /// The adapter tensors (`Llama::params` under LoRA).
+    adapters: &'a [B::Buf],
+    lora: Option<&'a LoraLayout>,
+    n: usize,
+    dropout: f32,
+    seed: u64,
+}
+
+impl<B: Backend> Linear<'_, B> {
+    fn shape(&self, lc: &LoraConfig, l: usize, slot: usize, ic: usize, oc: usize) -> LoraShape {
+        LoraShape {
+            n: self.n,
+            ic,
+            r: lc.r,
+            oc,
+            scale: lc.scale(),
+            dropout: self.dropout,
+            seed: mix(self.seed, (l * PER_LAYER + slot) as u64),
+        }
+    }
+
+    /// `out = x·Wᵀ` for weight `slot` of layer `l`, plus its adapter's output.
+    #[allow(clippy::too_many_arguments)]
+    fn fwd(
+        &self,
+        l: usize,
+        slot: usize,
+        out: &mut B::Buf,
+        x: &B::Buf,
+        (ic, oc): (usize, usize),
+        xa: &mut [Option<B::Buf>],
+        scratch: &mut B::Buf,
+    ) -> Result<()> {
+        let w = 1 + l * PER_LAYER + slot;
+        self.be.matmul_fwd(out, x, &self.base[w], self.n, ic, oc)?;
+        if let Some(lo) = self.lora
+            && let Some(ia) = lo.a(l, slot)
+        {
+            let xa = xa[slot]
+                .as_mut()
+                .ok_or_else(|| Error::Invalid("LoRA activation not allocated".into()))?;
+            let sh = self.shape(&lo.cfg, l, slot, ic, oc);
+            let (a, b) = (&self.adapters[ia], &self.adapters[ia + 1]);
+            self.be.lora_fwd(out, xa, scratch, x, a, b, &sh)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Linear::fwd`]: `dx = dout·W` (when wanted) and the weight gradients: `W`'s
+    /// in full fine-tuning (`grads` in [`param_specs`] order), the adapter's under LoRA (`dx`
+    /// then also gets the adapter's part).
+    #[allow(clippy::too_many_arguments)]
+    fn bwd(
+        &self,
+        l: usize,
+        slot: usize,
+        mut dx: Option<&mut B::Buf>,
+        grads: &mut [B::Buf],
+        dout: &B::Buf,
+        x: &B::Buf,
+        (ic, oc): (usize, usize),
+        xa: &[Option<B::Buf>],
+        dxa: &mut B::Buf,
+        scratch: &mut B::Buf,
+    ) -> Result<()> {
+        let w = 1 + l * PER_LAYER + slot;
+        let n = self.n;
+        let Some(lo) = self.lora else {
+            let dx = dx.ok_or_else(|| Error::Invalid("full fine-tuning needs dx".into()))?;
+            self.be
+                .matmul_bwd(dx, &mut grads[w], dout, x, &self.base[w], n, ic, oc)?;
+            return Ok(());
+        };
+        if let Some(dx) = dx.as_deref_mut() {
+            self.be
+                .matmul_bwd_data(dx, dout, &self.base[w], n, ic, oc)?;
+        }
+        if let Some(ia) = lo.a(l, slot) {
+            let xa = xa[slot]
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("LoRA activation not allocated".into()))?;
+            let sh = self.shape(&lo.cfg, l, slot, ic, oc);
+            let (ga, gb) = grads[ia..].split_at_mut(1);
+            let (a, b) = (&self.adapters[ia], &self.adapters[ia + 1]);
+            self.be.lora_bwd(
+                dx, &mut ga[0], &mut gb[0], dxa, scratch, dout, x, xa, a, b, &sh,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -132,8 +275,95 @@ impl<B: Backend> Llama<B> {
             specs,
             params,
             grads,
+            frozen: None,
+            lora: None,
+            train_mode: false,
+            dropout_seed: 0,
+            dropout_calls: 0,
+            call_seed: 0,
             acts: None,
         })
+    }
+
+    /// The model's weights `base` (checked against the config, uploaded frozen: no gradient, no
+    /// master copy) with a LoRA adapter `adapter` (checked against [`lora::targets`]) as the
+    /// trainable parameters, in target order, `lora_A` before `lora_B`.
+    pub fn with_lora(
+        be: &B,
+        cfg: LlamaConfig,
+        base: &Tensors,
+        lc: &LoraConfig,
+        adapter: &Tensors,
+    ) -> Result<Self> {
+        let mut frozen = Vec::new();
+        for s in &param_specs(&cfg) {
+            let t = base
+                .get(&s.name)
+                .ok_or_else(|| Error::Invalid(format!("missing tensor {}", s.name)))?;
+            if t.shape != s.shape {
+                return Err(Error::Invalid(format!(
+                    "tensor {}: shape {:?}, expected {:?}",
+                    s.name, t.shape, s.shape
+                )));
+            }
+            frozen.push(be.upload(&t.data)?);
+        }
+        let targets = lora::targets(&cfg, lc)?;
+        let mut a_index = vec![[None; PER_LAYER]; cfg.num_hidden_layers];
+        let (mut specs, mut params, mut grads) = (Vec::new(), Vec::new(), Vec::new());
+        let mut max_in = 0;
+        for t in &targets {
+            a_index[t.layer][t.slot] = Some(specs.len());
+            max_in = max_in.max(t.ic);
+            for s in [&t.a, &t.b] {
+                let h = adapter
+                    .get(&s.name)
+                    .ok_or_else(|| Error::Invalid(format!("adapter lacks {}", s.name)))?;
+                if h.shape != s.shape {
+                    return Err(Error::Invalid(format!(
+                        "adapter tensor {}: shape {:?}, expected {:?}",
+                        s.name, h.shape, s.shape
+                    )));
+                }
+                params.push(be.upload_param(&h.data)?);
+                grads.push(be.zeros(s.numel())?);
+                specs.push(s.clone());
+            }
+        }
+        Ok(Llama {
+            cfg,
+            specs,
+            params,
+            grads,
+            frozen: Some(frozen),
+            lora: Some(LoraLayout {
+                cfg: lc.clone(),
+                a_index,
+                max_in,
+            }),
+            train_mode: false,
+            dropout_seed: 0,
+            dropout_calls: 0,
+            call_seed: 0,
+            acts: None,
+        })
+    }
+
+    /// The LoRA settings when the trainable parameters are an adapter.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.cfg)
+    }
+
+    /// Turns dropout on (training) or off (validation, inference: the default).
+    pub fn set_train_mode(&mut self, on: bool) {
+        self.train_mode = on;
+    }
+
+    /// Seeds the dropout of one optimizer step: every forward of the step draws its masks from
+    /// `(seed, step, call number)`, so a resumed run redraws exactly the masks it would have.
+    pub fn start_step(&mut self, seed: u64, step: u64) {
+        self.dropout_seed = mix(seed, step);
+        self.dropout_calls = 0;
     }
 
     /// Downloads the parameters as host tensors (HF names), at full precision: the fp32 master
@@ -166,8 +396,13 @@ impl<B: Backend> Llama<B> {
         Ok(out)
     }
 
-    /// Number of parameters.
+    /// Number of parameters of the model (frozen ones included).
     pub fn n_params(&self) -> usize {
+        param_specs(&self.cfg).iter().map(ParamSpec::numel).sum()
+    }
+
+    /// Number of trainable parameters: the model's, or under LoRA the adapter's.
+    pub fn n_trainable(&self) -> usize {
         self.specs.iter().map(ParamSpec::numel).sum()
     }
 
@@ -175,6 +410,9 @@ impl<B: Backend> Llama<B> {
     pub fn zero_grads(&mut self, be: &B) -> Result<()> {
         for g in &mut self.grads {
             be.fill_zero(g)?;
+        }
+        if let Some(a) = &mut self.acts {
+            be.fill_zero(&mut a.norm_sink)?;
         }
         Ok(())
     }
@@ -219,9 +457,18 @@ impl<B: Backend> Llama<B> {
             cfg.vocab_size,
         );
         let z = |len: usize| be.zeros(len);
+        let lora = self.lora.as_ref();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
+        for l in 0..cfg.num_hidden_layers {
+            let mut xa = Vec::with_capacity(PER_LAYER);
+            for slot in 0..PER_LAYER {
+                xa.push(match lora.and_then(|lo| lo.a(l, slot).map(|_| lo.cfg.r)) {
+                    Some(r) => Some(z(n * r)?),
+                    None => None,
+                });
+            }
             layers.push(LayerActs {
+                xa,
                 rstd1: z(n)?,
                 h1: z(n * c)?,
                 q: z(n * q)?,
@@ -260,6 +507,12 @@ impl<B: Backend> Llama<B> {
             dgate: z(n * im)?,
             dup: z(n * im)?,
             dact: z(n * im)?,
+            lora_scratch: z(match lora {
+                Some(lo) if lo.cfg.dropout > 0.0 => n * lo.max_in,
+                _ => 1,
+            })?,
+            lora_dxa: z(lora.map_or(1, |lo| n * lo.cfg.r))?,
+            norm_sink: z(c)?,
         });
         Ok(())
     }
@@ -267,15 +520,29 @@ impl<B: Backend> Llama<B> {
     /// Runs the forward pass; the logits stay on the backend (see [`Llama::logits`]).
     pub fn forward(&mut self, be: &B, inp: &Inputs<B>) -> Result<()> {
         self.ensure_acts(be, inp.b, inp.t)?;
+        self.call_seed = mix(self.dropout_seed, self.dropout_calls);
+        self.dropout_calls += 1;
         let shape = self.attn_shape(inp.b, inp.t);
         let (norm_i, head_i) = (self.norm_index(), self.lm_head_index());
         let cfg = &self.cfg;
-        let p = &self.params;
+        let p = self.frozen.as_deref().unwrap_or(&self.params);
+        let n = inp.b * inp.t;
+        let lin = Linear {
+            be,
+            base: p,
+            adapters: &self.params,
+            lora: self.lora.as_ref(),
+            n,
+            dropout: match &self.lora {
+                Some(lo) if self.train_mode => lo.cfg.dropout,
+                _ => 0.0,
+            },
+            seed: self.call_seed,
+        };
         let a = self
             .acts
             .as_mut()
             .ok_or_else(|| Error::Invalid("activations not allocated".into()))?;
-        let n = inp.b * inp.t;
         let (c, q, kv, im, v) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -295,10 +562,11 @@ impl<B: Backend> Llama<B> {
             let w = 1 + l * PER_LAYER;
             let (lo, hi) = a.res.split_at_mut(l + 1);
             let (x, x_next) = (&lo[l], &mut hi[0]);
+            let sc = &mut a.lora_scratch;
             be.rmsnorm_fwd(&mut la.h1, &mut la.rstd1, x, &p[w], n, c, eps)?;
-            be.matmul_fwd(&mut la.q, &la.h1, &p[w + 1], n, c, q)?;
-            be.matmul_fwd(&mut la.k, &la.h1, &p[w + 2], n, c, kv)?;
-            be.matmul_fwd(&mut la.v, &la.h1, &p[w + 3], n, c, kv)?;
+            lin.fwd(l, 1, &mut la.q, &la.h1, (c, q), &mut la.xa, sc)?;
+            lin.fwd(l, 2, &mut la.k, &la.h1, (c, kv), &mut la.xa, sc)?;
+            lin.fwd(l, 3, &mut la.v, &la.h1, (c, kv), &mut la.xa, sc)?;
             be.rope_fwd(&mut la.q, &inp.positions, n, h, hd, theta)?;
             be.rope_fwd(&mut la.k, &inp.positions, n, kvh, hd, theta)?;
             be.attention_fwd(
@@ -310,13 +578,13 @@ impl<B: Backend> Llama<B> {
                 &inp.segment_ids,
                 shape,
             )?;
-            be.matmul_fwd(&mut a.scratch_c, &la.att, &p[w + 4], n, q, c)?;
+            lin.fwd(l, 4, &mut a.scratch_c, &la.att, (q, c), &mut la.xa, sc)?;
             be.add_fwd(&mut la.x_mid, x, &a.scratch_c, n * c)?;
             be.rmsnorm_fwd(&mut la.h2, &mut la.rstd2, &la.x_mid, &p[w + 5], n, c, eps)?;
-            be.matmul_fwd(&mut la.gate, &la.h2, &p[w + 6], n, c, im)?;
-            be.matmul_fwd(&mut la.up, &la.h2, &p[w + 7], n, c, im)?;
+            lin.fwd(l, 6, &mut la.gate, &la.h2, (c, im), &mut la.xa, sc)?;
+            lin.fwd(l, 7, &mut la.up, &la.h2, (c, im), &mut la.xa, sc)?;
             be.swiglu_fwd(&mut la.act, &la.gate, &la.up, n * im)?;
-            be.matmul_fwd(&mut a.scratch_c, &la.act, &p[w + 8], n, im, c)?;
+            lin.fwd(l, 8, &mut a.scratch_c, &la.act, (im, c), &mut la.xa, sc)?;
             be.add_fwd(x_next, &la.x_mid, &a.scratch_c, n * c)?;
         }
         let last = &a.res[cfg.num_hidden_layers];
@@ -387,18 +655,33 @@ impl<B: Backend> Llama<B> {
         Ok(loss)
     }
 
-    /// Backward from the dlogits left in the logits buffer by the fused cross-entropy.
+    /// Backward from the dlogits left in the logits buffer by the fused cross-entropy. Under
+    /// LoRA the frozen weights get no gradient (their matmuls compute only the input gradient),
+    /// and nothing below layer 0's projections is computed (no trainable parameter is there).
     fn backward(&mut self, be: &B, inp: &Inputs<B>) -> Result<()> {
         let shape = self.attn_shape(inp.b, inp.t);
         let (norm_i, head_i) = (self.norm_index(), self.lm_head_index());
         let cfg = &self.cfg;
-        let p = &self.params;
+        let p = self.frozen.as_deref().unwrap_or(&self.params);
+        let frozen = self.frozen.is_some();
         let g = &mut self.grads;
+        let n = inp.b * inp.t;
+        let lin = Linear {
+            be,
+            base: p,
+            adapters: &self.params,
+            lora: self.lora.as_ref(),
+            n,
+            dropout: match &self.lora {
+                Some(lo) if self.train_mode => lo.cfg.dropout,
+                _ => 0.0,
+            },
+            seed: self.call_seed,
+        };
         let a = self
             .acts
             .as_mut()
             .ok_or_else(|| Error::Invalid("activations not allocated".into()))?;
-        let n = inp.b * inp.t;
         let (c, q, kv, im, v) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -413,19 +696,28 @@ impl<B: Backend> Llama<B> {
             cfg.rope_theta,
         );
         let nl = cfg.num_hidden_layers;
-        be.matmul_bwd(
-            &mut a.dh,
-            &mut g[head_i],
-            &a.logits,
-            &a.h_f,
-            &p[head_i],
-            n,
-            c,
-            v,
-        )?;
+        if frozen {
+            be.matmul_bwd_data(&mut a.dh, &a.logits, &p[head_i], n, c, v)?;
+        } else {
+            be.matmul_bwd(
+                &mut a.dh,
+                &mut g[head_i],
+                &a.logits,
+                &a.h_f,
+                &p[head_i],
+                n,
+                c,
+                v,
+            )?;
+        }
+        let dnorm = if frozen {
+            &mut a.norm_sink
+        } else {
+            &mut g[norm_i]
+        };
         be.rmsnorm_bwd(
             &mut a.dres,
-            &mut g[norm_i],
+            dnorm,
             &a.dh,
             &a.res[nl],
             &p[norm_i],
@@ -436,42 +728,54 @@ impl<B: Backend> Llama<B> {
         for l in (0..nl).rev() {
             let la = &a.layers[l];
             let w = 1 + l * PER_LAYER;
+            let (dxa, sc) = (&mut a.lora_dxa, &mut a.lora_scratch);
             // res[l+1] = x_mid + down(act)
-            be.matmul_bwd(
-                &mut a.dact,
-                &mut g[w + 8],
+            lin.bwd(
+                l,
+                8,
+                Some(&mut a.dact),
+                g,
                 &a.dres,
                 &la.act,
-                &p[w + 8],
-                n,
-                im,
-                c,
+                (im, c),
+                &la.xa,
+                dxa,
+                sc,
             )?;
             be.swiglu_bwd(&mut a.dgate, &mut a.dup, &a.dact, &la.gate, &la.up, n * im)?;
-            be.matmul_bwd(
-                &mut a.dh,
-                &mut g[w + 6],
+            lin.bwd(
+                l,
+                6,
+                Some(&mut a.dh),
+                g,
                 &a.dgate,
                 &la.h2,
-                &p[w + 6],
-                n,
-                c,
-                im,
+                (c, im),
+                &la.xa,
+                dxa,
+                sc,
             )?;
-            be.matmul_bwd(
-                &mut a.dtmp,
-                &mut g[w + 7],
+            lin.bwd(
+                l,
+                7,
+                Some(&mut a.dtmp),
+                g,
                 &a.dup,
                 &la.h2,
-                &p[w + 7],
-                n,
-                c,
-                im,
+                (c, im),
+                &la.xa,
+                dxa,
+                sc,
             )?;
             be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
+            let dnorm = if frozen {
+                &mut a.norm_sink
+            } else {
+                &mut g[w + 5]
+            };
             be.rmsnorm_bwd(
                 &mut a.dtmp,
-                &mut g[w + 5],
+                dnorm,
                 &a.dh,
                 &la.x_mid,
                 &p[w + 5],
@@ -481,15 +785,17 @@ impl<B: Backend> Llama<B> {
             )?;
             be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
             // x_mid = res[l] + o_proj(att)
-            be.matmul_bwd(
-                &mut a.datt,
-                &mut g[w + 4],
+            lin.bwd(
+                l,
+                4,
+                Some(&mut a.datt),
+                g,
                 &a.dres,
                 &la.att,
-                &p[w + 4],
-                n,
-                q,
-                c,
+                (q, c),
+                &la.xa,
+                dxa,
+                sc,
             )?;
             be.attention_bwd(
                 &mut a.dq,
@@ -506,42 +812,59 @@ impl<B: Backend> Llama<B> {
             )?;
             be.rope_bwd(&mut a.dq, &inp.positions, n, h, hd, theta)?;
             be.rope_bwd(&mut a.dk, &inp.positions, n, kvh, hd, theta)?;
-            be.matmul_bwd(&mut a.dh, &mut g[w + 1], &a.dq, &la.h1, &p[w + 1], n, c, q)?;
-            be.matmul_bwd(
-                &mut a.dtmp,
-                &mut g[w + 2],
+            // Under LoRA nothing below layer 0's q/k/v projections is trainable: their input
+            // gradient (and the norm and embedding backward after it) is not needed.
+            let below = !(frozen && l == 0);
+            lin.bwd(
+                l,
+                1,
+                below.then_some(&mut a.dh),
+                g,
+                &a.dq,
+                &la.h1,
+                (c, q),
+                &la.xa,
+                dxa,
+                sc,
+            )?;
+            lin.bwd(
+                l,
+                2,
+                below.then_some(&mut a.dtmp),
+                g,
                 &a.dk,
                 &la.h1,
-                &p[w + 2],
-                n,
-                c,
-                kv,
+                (c, kv),
+                &la.xa,
+                dxa,
+                sc,
             )?;
-            be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
-            be.matmul_bwd(
-                &mut a.dtmp,
-                &mut g[w + 3],
+            if below {
+                be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
+            }
+            lin.bwd(
+                l,
+                3,
+                below.then_some(&mut a.dtmp),
+                g,
                 &a.dv,
                 &la.h1,
-                &p[w + 3],
-                n,
-                c,
-                kv,
+                (c, kv),
+                &la.xa,
+                dxa,
+                sc,
             )?;
+            if !below {
+                break;
+            }
             be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
-            be.rmsnorm_bwd(
-                &mut a.dtmp,
-                &mut g[w],
-                &a.dh,
-                &a.res[l],
-                &p[w],
-                &la.rstd1,
-                n,
-                c,
-            )?;
+            let dnorm = if frozen { &mut a.norm_sink } else { &mut g[w] };
+            be.rmsnorm_bwd(&mut a.dtmp, dnorm, &a.dh, &a.res[l], &p[w], &la.rstd1, n, c)?;
             be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
         }
-        be.embedding_bwd(&mut g[0], &a.dres, &inp.ids, n, c)?;
+        if !frozen {
+            be.embedding_bwd(&mut g[0], &a.dres, &inp.ids, n, c)?;
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use crate::config::LlamaConfig;
 use crate::data::{Batch, Dataset, Loader, LoaderPosition, Row};
 use crate::dp::{self, DpAdamW, Plan, Solo};
 use crate::hparams::{Hyper, LossMode};
+use crate::lora::{self, LoraConfig};
 use crate::model::{Inputs, Llama};
 use crate::optim::AdamW;
 use crate::weights::{self, Tensors};
@@ -74,6 +75,10 @@ pub struct TrainConfig {
     /// Checkpoints keep the single-worker format either way.
     #[serde(default)]
     pub zero1: bool,
+    /// Train a LoRA adapter instead of the whole model (a `[lora]` table; see
+    /// [`crate::lora::LoraConfig`] for its keys and defaults). `model` must then hold weights.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// Stop after this many optimizer steps (the schedule still spans the full run).
     #[serde(default)]
     pub max_steps: Option<u64>,
@@ -437,9 +442,14 @@ pub fn train_step<B: Backend>(
     Ok((loss as f32, norm, tokens))
 }
 
-fn hyper_hash(h: &Hyper) -> String {
+/// sha256 of the hyperparameters and the LoRA settings (a resume with other ones is refused).
+fn hyper_hash(h: &Hyper, lc: Option<&LoraConfig>) -> String {
     use sha2::Digest;
-    let text = toml::to_string(h).unwrap_or_default();
+    let mut text = toml::to_string(h).unwrap_or_default();
+    if let Some(lc) = lc {
+        text.push_str("\n[lora]\n");
+        text.push_str(&toml::to_string(lc).unwrap_or_default());
+    }
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
@@ -452,10 +462,7 @@ pub fn load_model_source(path: &Path, seed: u64) -> Result<(LlamaConfig, Tensors
         (path.to_path_buf(), None)
     };
     let cfg = LlamaConfig::from_file(&cfg_path)?;
-    let has_weights = dir.is_some_and(|d| {
-        d.join("model.safetensors").exists() || d.join("model.safetensors.index.json").exists()
-    });
-    if let (Some(d), true) = (dir, has_weights) {
+    if let (Some(d), true) = (dir, has_weights(path)) {
         let w = weights::load_dir(d)?;
         weights::check_against(&cfg, &w, d)?;
         Ok((cfg, w))
@@ -465,10 +472,20 @@ pub fn load_model_source(path: &Path, seed: u64) -> Result<(LlamaConfig, Tensors
     }
 }
 
+/// Whether `path` is a HF model directory with weights (not only a `config.json`).
+fn has_weights(path: &Path) -> bool {
+    path.is_dir()
+        && (path.join("model.safetensors").exists()
+            || path.join("model.safetensors.index.json").exists())
+}
+
 /// What every rank starts from: the starting weights and (on resume) the optimizer moments.
 /// Released once every rank has uploaded them.
 struct Init {
+    /// The model's weights (frozen under LoRA).
     model: Tensors,
+    /// The adapter being trained, under LoRA.
+    adapter: Option<(LoraConfig, Tensors)>,
     optim: Option<(Tensors, u64)>,
 }
 
@@ -503,7 +520,7 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
     let steps_per_epoch = n_rows.div_ceil(hyper.batch_size) as u64;
     let total_steps = steps_per_epoch * hyper.epochs as u64;
     let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let hash = hyper_hash(&hyper);
+    let hash = hyper_hash(&hyper, cfg.lora.as_ref());
 
     let (mcfg, init, loader, resumed_from, last_loss) = match checkpoint::latest(&ckpt_root)? {
         Some(dir) => {
@@ -515,10 +532,31 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
                 )));
             }
             tracing::info!(checkpoint = %dir.display(), step = ck.state.step, "resuming");
+            let (model, adapter) = match (&cfg.lora, ck.lora) {
+                (None, None) => (ck.model, None),
+                (Some(_), Some(lc)) => {
+                    let (mcfg, base) = load_model_source(&cfg.model, cfg.seed)?;
+                    if mcfg != ck.config {
+                        return Err(Error::Config(format!(
+                            "{}: the adapter was trained on another model than {}",
+                            dir.display(),
+                            cfg.model.display()
+                        )));
+                    }
+                    (base, Some((lc, ck.model)))
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{}: LoRA and full fine-tuning checkpoints do not mix; use a fresh out_dir",
+                        dir.display()
+                    )));
+                }
+            };
             (
                 ck.config,
                 Init {
-                    model: ck.model,
+                    model,
+                    adapter,
                     optim: Some((ck.optim, ck.state.step)),
                 },
                 ck.state.loader,
@@ -528,10 +566,23 @@ fn prepare(cfg: &TrainConfig) -> Result<Prepared> {
         }
         None => {
             let (mcfg, w) = load_model_source(&cfg.model, cfg.seed)?;
+            let adapter = match &cfg.lora {
+                Some(lc) => {
+                    if !has_weights(&cfg.model) {
+                        return Err(Error::Config(format!(
+                            "[lora] needs a model with weights to adapt; {} has none",
+                            cfg.model.display()
+                        )));
+                    }
+                    Some((lc.clone(), lora::init_adapter(&mcfg, lc, cfg.seed)?))
+                }
+                None => None,
+            };
             (
                 mcfg,
                 Init {
                     model: w,
+                    adapter,
                     optim: None,
                 },
                 LoaderPosition::default(),
@@ -655,7 +706,10 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             .map_err(|_| Error::Invalid("initial state: lock poisoned".into()))?
             .clone()
             .ok_or_else(|| Error::Invalid("initial state already released".into()))?;
-        let mut model = Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?;
+        let mut model = match &init.adapter {
+            Some((lc, ad)) => Llama::with_lora(be, prep.mcfg.clone(), &init.model, lc, ad)?,
+            None => Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?,
+        };
         let mut opt = DpAdamW::new(be, comm, &mut model, hyper, cfg.zero1)?;
         if let Some((t, step)) = &init.optim {
             opt.load_tensors(be, comm, &model, t, *step)?;
@@ -672,6 +726,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
     if lead {
         tracing::info!(
             params = model.n_params(),
+            trainable = model.n_trainable(),
+            lora = model.lora().is_some(),
             rows = prep.ds.rows.len(),
             tokens = prep.ds.n_tokens(),
             total_steps,
@@ -715,6 +771,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
     let mut last_val_loss: Option<f32> = prep.history.iter().rev().find_map(|r| r.val_loss);
     let t0 = Instant::now();
     let mut tokens_done = 0usize;
+    // `base_model_name_or_path` of saved adapters.
+    let base_name = cfg.model.display().to_string();
     // A collective: every rank calls it; rank 0 writes and gets the path.
     let save_ckpt = |model: &Llama<B>,
                      opt: &DpAdamW<B>,
@@ -734,7 +792,17 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                     hyper_sha256: prep.hash.clone(),
                     last_loss,
                 };
-                let p = checkpoint::save(&prep.ckpt_root, &prep.mcfg, &params, &moments, &state)?;
+                let p = checkpoint::save(
+                    &prep.ckpt_root,
+                    &prep.mcfg,
+                    &params,
+                    &moments,
+                    &state,
+                    model.lora().map(|lora| checkpoint::AdapterMeta {
+                        lora,
+                        base_model: &base_name,
+                    }),
+                )?;
                 checkpoint::prune(&prep.ckpt_root, cfg.keep_checkpoints)?;
                 Ok(Some(p))
             })(),
@@ -762,7 +830,10 @@ fn train_rank<B: Backend, C: Communicator<B>>(
         let idx = loader.next_batch(hyper.batch_size);
         let rows: Vec<&Row> = idx.iter().map(|&i| &prep.ds.rows[i]).collect();
         let lr = schedule.lr(step);
+        model.set_train_mode(true);
+        model.start_step(cfg.seed, step);
         let local = local_grads(be, &mut model, &rows, hyper, rank, world);
+        model.set_train_mode(false);
         let (mut loss, mut tokens) = dp::agree(comm, local)?;
         if world > 1 {
             loss = comm.all_reduce_scalar(loss, ReduceOp::Sum)?;
@@ -847,7 +918,14 @@ fn train_rank<B: Backend, C: Communicator<B>>(
         Some((o, params)) => (|| {
             let out = &cfg.out_dir;
             let final_dir = out.join("final");
-            weights::save_dir(&final_dir, &prep.mcfg, &params, 5 << 30)?;
+            match model.lora() {
+                // The adapter alone, as peft's `save_pretrained` writes it; `koala lora merge`
+                // folds it into the base.
+                Some(lc) => lora::save_adapter(&final_dir, lc, &params, &base_name)?,
+                None => {
+                    weights::save_dir(&final_dir, &prep.mcfg, &params, 5 << 30)?;
+                }
+            }
             // The tokenizer travels with the model, so `generate`, `serve-model` and `eval`
             // need no `--tokenizer` (`koala tokenize` writes it beside the shards).
             for name in ["tokenizer.json", "tokenizer_config.json"] {
@@ -876,6 +954,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                 "device": cfg.device,
                 "workers": world,
                 "zero1": opt.is_zero1(),
+                "lora": model.lora(),
+                "trainable_params": model.n_trainable(),
             });
             weights::atomic_write(
                 &out.join("report.json"),

@@ -1,6 +1,6 @@
 //! Hugging Face-layout weights on the host: safetensors load (single file or sharded with
 //! `model.safetensors.index.json`; `F32`, `F16`, `BF16` → `f32`), save (the layout
-//! `transformers` loads as-is), seeded initialisation, and Koala-style weight diff / recover.
+//! `transformers` loads as-is), and seeded initialisation (Koala-style weight diff / recover is `koala_model::weight_diff`).
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -243,6 +243,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Writes `dir/config.json` (HF's `LlamaConfig` keys), creating `dir`; returns its path.
+pub fn save_config(dir: &Path, cfg: &LlamaConfig) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg_path = dir.join("config.json");
+    let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    atomic_write(&cfg_path, cfg_text.as_bytes())?;
+    Ok(cfg_path)
+}
+
 /// Saves a model directory in the HF layout: `config.json` plus `model.safetensors`, or, when
 /// the weights exceed `max_shard_bytes`, `model-0000i-of-0000n.safetensors` shards with a
 /// `model.safetensors.index.json`. Returns the files written.
@@ -252,13 +262,7 @@ pub fn save_dir(
     tensors: &Tensors,
     max_shard_bytes: usize,
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut written = Vec::new();
-    let cfg_path = dir.join("config.json");
-    let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    atomic_write(&cfg_path, cfg_text.as_bytes())?;
-    written.push(cfg_path);
+    let mut written = vec![save_config(dir, cfg)?];
     // Greedy split into shards in name order.
     let mut shards: Vec<Tensors> = vec![Tensors::new()];
     let mut cur = 0usize;
@@ -301,67 +305,6 @@ pub fn save_dir(
     )?;
     written.push(p);
     Ok(written)
-}
-
-fn zip_same<'a>(
-    a: &'a Tensors,
-    b: &'a Tensors,
-) -> Result<Vec<(&'a String, &'a HostTensor, &'a HostTensor)>> {
-    if a.len() != b.len() {
-        return Err(Error::Invalid(format!(
-            "tensor sets differ in size: {} vs {}",
-            a.len(),
-            b.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(a.len());
-    for (name, ta) in a {
-        let tb = b.get(name).ok_or_else(|| {
-            Error::Invalid(format!("tensor {name} missing from the second model"))
-        })?;
-        if ta.shape != tb.shape {
-            return Err(Error::Invalid(format!(
-                "tensor {name}: shape {:?} vs {:?}",
-                ta.shape, tb.shape
-            )));
-        }
-        out.push((name, ta, tb));
-    }
-    Ok(out)
-}
-
-/// Weight diff as Koala released its weights: `tuned − base`, tensor by tensor.
-pub fn diff(tuned: &Tensors, base: &Tensors) -> Result<Tensors> {
-    Ok(zip_same(tuned, base)?
-        .into_iter()
-        .map(|(n, t, b)| {
-            let data = t.data.iter().zip(&b.data).map(|(x, y)| x - y).collect();
-            (
-                n.clone(),
-                HostTensor {
-                    shape: t.shape.clone(),
-                    data,
-                },
-            )
-        })
-        .collect())
-}
-
-/// Recovers tuned weights from a diff: `base + diff`.
-pub fn recover(base: &Tensors, diff: &Tensors) -> Result<Tensors> {
-    Ok(zip_same(base, diff)?
-        .into_iter()
-        .map(|(n, b, d)| {
-            let data = b.data.iter().zip(&d.data).map(|(x, y)| x + y).collect();
-            (
-                n.clone(),
-                HostTensor {
-                    shape: b.shape.clone(),
-                    data,
-                },
-            )
-        })
-        .collect())
 }
 
 /// Checks that `tensors` holds exactly the parameters of `cfg` with the right shapes (a tied
@@ -437,23 +380,6 @@ mod tests {
         let var = e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32;
         assert!((var.sqrt() - 0.02).abs() < 0.005, "std {}", var.sqrt());
         assert!(w["model.norm.weight"].data.iter().all(|&x| x == 1.0));
-    }
-
-    #[test]
-    fn diff_then_recover_gives_tuned_back() {
-        let cfg = tiny();
-        let base = init_weights(&cfg, 1, 0.02);
-        let tuned = init_weights(&cfg, 2, 0.02);
-        let d = diff(&tuned, &base).unwrap();
-        let r = recover(&base, &d).unwrap();
-        for (n, t) in &tuned {
-            for (a, b) in t.data.iter().zip(&r[n].data) {
-                assert!((a - b).abs() <= 1e-7, "{n}");
-            }
-        }
-        let mut bad = base.clone();
-        bad.remove("model.norm.weight");
-        assert!(diff(&tuned, &bad).is_err());
     }
 
     #[test]

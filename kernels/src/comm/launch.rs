@@ -1,6 +1,8 @@
 //! Starting a data-parallel group: one worker thread per device, each with its backend and its
-//! communicator, running the same generic [`Worker`] code. This is what a job whose devices are
-//! `cuda:0..N` runs (one thread per GPU, NCCL), and what `cpu` workers run (threads, [`ThreadComm`]).
+//! communicator, running the same generic [`Worker`] code: one thread per GPU over NCCL for
+//! `cuda:0..N`, CPU threads over [`ThreadComm`] for `cpu` workers. (The trainer's jobs start
+//! their groups in `koala_trainer::train`, the same way; this is the generic form, used by the
+//! NCCL collectives test `kernels/tests/comm_nccl.rs`.)
 //!
 //! ```
 //! use koala_kernels::comm::{Communicator, ReduceOp, Worker, launch_cpu};
@@ -126,4 +128,29 @@ fn launch_cuda<W: Worker>(_devices: &[DeviceSpec], _worker: &W) -> Result<Vec<W:
     Err(Error::Unavailable(
         "koala-kernels was built without the `cuda` feature".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ranks;
+    impl Worker for Ranks {
+        type Output = (usize, usize);
+        fn run<B: Backend, C: Communicator<B>>(&self, _be: &B, comm: &C) -> Result<(usize, usize)> {
+            Ok((comm.rank(), comm.world_size()))
+        }
+    }
+
+    #[test]
+    fn device_lists_that_cannot_form_a_group_are_errors() {
+        assert_eq!(launch(&[DeviceSpec::Cpu], &Ranks).unwrap(), vec![(0, 1)]);
+        assert_eq!(launch_cpu(3, &Ranks).unwrap(), vec![(0, 3), (1, 3), (2, 3)]);
+        assert!(launch(&[], &Ranks).is_err());
+        assert!(launch(&[DeviceSpec::Cpu, DeviceSpec::Cuda(0)], &Ranks).is_err());
+        assert!(launch(&[DeviceSpec::Auto], &Ranks).is_err());
+        // No machine has these GPUs: an error (no driver, or ordinals out of range), not a panic.
+        let e = launch(&[DeviceSpec::Cuda(4094), DeviceSpec::Cuda(4095)], &Ranks).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    }
 }

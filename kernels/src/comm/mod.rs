@@ -1,11 +1,11 @@
-//! Data parallelism: a [`Communicator`] with all-reduce, reduce-scatter and all-gather, a CPU
-//! implementation over threads ([`ThreadComm`]), an NCCL implementation on GPUs ([`NcclComm`],
-//! feature `cuda`), and the data-parallel optimizer step with optional ZeRO-1 sharding of the
-//! optimizer state ([`DpOptimizer`]).
+//! Data parallelism's collectives: a [`Communicator`] with all-reduce, reduce-scatter and
+//! all-gather, a CPU implementation over threads ([`ThreadComm`]), an NCCL implementation on GPUs
+//! ([`NcclComm`], feature `cuda`), and the [`launch`]er of a group of workers.
 //!
-//! Every worker runs the same step on its slice of the batch; gradients are averaged across
-//! workers before the optimizer step, so N workers on equal slices compute what one worker
-//! computes on the whole batch (the `comm_dp` test checks it with a real transformer step).
+//! The data-parallel training step itself (gradient sum, global-norm clipping, AdamW, ZeRO-1
+//! sharding of the optimizer state) is the trainer's: `koala_trainer::dp::DpAdamW`, on the
+//! trainer's `Llama`. Its tests (`trainer/tests/data_parallel.rs`, `trainer/tests/dp_train.rs`)
+//! run N workers on slices of a batch against one worker on the whole batch.
 //!
 //! # Sharding convention
 //!
@@ -35,14 +35,11 @@
 //! });
 //! assert_eq!(outs, vec![vec![1.5; 3], vec![1.5; 3]]);
 //! ```
-mod dp;
 mod launch;
-pub mod model;
 #[cfg(feature = "cuda")]
 mod nccl;
 mod threads;
 
-pub use dp::DpOptimizer;
 pub use launch::{Worker, launch, launch_cpu};
 #[cfg(feature = "cuda")]
 pub use nccl::{NcclComm, nccl_present, read_id_file, write_id_file};

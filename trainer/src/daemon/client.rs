@@ -137,6 +137,8 @@ pub struct JobFile {
     #[serde(default)]
     pub val_every: u64,
     pub hyperparameters: Option<HyperparametersFile>,
+    /// `[lora]`: train a LoRA adapter (JobSpec `lora`; keys as in a training TOML).
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 /// `[hyperparameters]` of a job file.
@@ -216,6 +218,12 @@ impl JobFile {
             checkpoint_every: self.checkpoint_every,
             max_steps: self.max_steps,
             idempotency_key: self.idempotency_key,
+            lora: self.lora.map(|l| koala_proto::v1::LoraSpec {
+                r: l.r as u32,
+                alpha: l.alpha as f64,
+                dropout: Some(l.dropout as f64),
+                target_modules: l.target_modules,
+            }),
             val_split: self.val_split,
             val_every: self.val_every,
         })

@@ -147,6 +147,7 @@ pub fn train_config(
             spec.val_every
         },
         val_max_rows: crate::train::default_val_max_rows(),
+        lora: spec.lora.as_ref().map(lora_config),
         device: if spec.devices.is_empty() {
             "cpu".into()
         } else {
@@ -156,6 +157,26 @@ pub fn train_config(
         zero1: spec.zero1,
         max_steps: (spec.max_steps > 0).then_some(spec.max_steps),
     })
+}
+
+/// A job's `lora` as the trainer's `[lora]` table, 0 and empty fields taking its defaults
+/// (checked when the run starts, like the rest of the config).
+fn lora_config(l: &koala_proto::v1::LoraSpec) -> crate::lora::LoraConfig {
+    let d = crate::lora::LoraConfig::default();
+    crate::lora::LoraConfig {
+        r: if l.r == 0 { d.r } else { l.r as usize },
+        alpha: if l.alpha == 0.0 {
+            d.alpha
+        } else {
+            l.alpha as f32
+        },
+        dropout: l.dropout.map_or(d.dropout, |p| p as f32),
+        target_modules: if l.target_modules.is_empty() {
+            d.target_modules
+        } else {
+            l.target_modules.clone()
+        },
+    }
 }
 
 /// The overrides as the trainer's `[hyper]` table (keys of `trainer/presets/*.toml`).
@@ -260,6 +281,7 @@ mod tests {
             val_split: "none".into(),
             val_every: 0,
             val_max_rows: 1,
+            lora: None,
         };
         let hy = cfg.hyper().unwrap();
         assert_eq!(
