@@ -8,6 +8,8 @@
 //! vocab 32000, seq 256), as in the `step` bench.
 //!
 //! `cargo bench -p koala-trainer --bench lora_step -- [--threads N] [--batch B] [--steps S]`
+mod common;
+
 use std::time::Instant;
 
 use koala_kernels::cpu::CpuBackend;
@@ -16,16 +18,9 @@ use koala_trainer::lora::{self, LoraConfig};
 use koala_trainer::model::Llama;
 use koala_trainer::optim::AdamW;
 use koala_trainer::train::train_step;
-use koala_trainer::{Hyper, LlamaConfig, weights};
+use koala_trainer::{Hyper, weights};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{arg, rows, stories15m};
 
 /// Median seconds per optimizer step over `steps` steps after one warm-up step.
 fn time_steps(
@@ -56,11 +51,7 @@ fn main() {
     let batch = arg("--batch", 4);
     let steps = arg("--steps", 5);
     let t = 256;
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"vocab_size": 32000, "hidden_size": 288, "intermediate_size": 768, "num_hidden_layers": 6,
-            "num_attention_heads": 6, "num_key_value_heads": 6, "rms_norm_eps": 1e-5}"#,
-    )
-    .expect("config");
+    let cfg = stories15m();
     let be = CpuBackend::with_threads(threads).expect("thread pool");
     let w = weights::init_weights(&cfg, 0, 0.02);
     let hyper = Hyper {
@@ -69,15 +60,7 @@ fn main() {
         max_len: t + 1,
         ..Hyper::default()
     };
-    let rows: Vec<Row> = (0..batch)
-        .map(|r| Row {
-            tokens: (0..t as u32)
-                .map(|j| (j * 7919 + r as u32 * 104729) % 32000)
-                .collect(),
-            loss_mask: vec![1; t],
-            segment_ids: vec![0; t],
-        })
-        .collect();
+    let rows = rows(batch, t);
     let refs: Vec<&Row> = rows.iter().collect();
     let tokens = (batch * t) as f64;
 

@@ -4,6 +4,8 @@
 //! thread count. Prints tokens/s of both, the ratio, and peak memory.
 //!
 //! `cargo bench -p koala-trainer --bench step -- [--threads N] [--batch B] [--steps S]`
+mod common;
+
 use std::time::Instant;
 
 use koala_kernels::Backend;
@@ -12,16 +14,9 @@ use koala_trainer::data::{Batch, Row};
 use koala_trainer::model::Llama;
 use koala_trainer::optim::AdamW;
 use koala_trainer::train::train_step;
-use koala_trainer::{Hyper, LlamaConfig, weights};
+use koala_trainer::{Hyper, weights};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{arg, rows, stories15m};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -42,11 +37,7 @@ fn main() {
     let batch = arg("--batch", 4);
     let steps = arg("--steps", 5);
     let t = 256;
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"vocab_size": 32000, "hidden_size": 288, "intermediate_size": 768, "num_hidden_layers": 6,
-            "num_attention_heads": 6, "num_key_value_heads": 6, "rms_norm_eps": 1e-5}"#,
-    )
-    .expect("config");
+    let cfg = stories15m();
     let be = CpuBackend::with_threads(threads).expect("thread pool");
     let w = weights::init_weights(&cfg, 0, 0.02);
     let mut model = Llama::from_tensors(&be, cfg.clone(), &w).expect("model");
@@ -60,18 +51,7 @@ fn main() {
     };
     let mut opt = AdamW::new(&be, &model, 0.9, 0.95, 1e-8, 0.1, 1.0).expect("optimizer");
     // Rows of t+1 tokens give t trained positions each, like a [b, t] step with shifted labels.
-    let rows: Vec<Row> = (0..batch)
-        .map(|r| {
-            let tokens: Vec<u32> = (0..t as u32)
-                .map(|j| (j * 7919 + r as u32 * 104729) % 32000)
-                .collect();
-            Row {
-                loss_mask: vec![1; t],
-                segment_ids: vec![0; t],
-                tokens,
-            }
-        })
-        .collect();
+    let rows = rows(batch, t);
     let refs: Vec<&Row> = rows.iter().collect();
     assert_eq!(Batch::from_rows(&refs, hyper.max_len).t, t);
     let mut times = Vec::new();
