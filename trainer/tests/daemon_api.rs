@@ -490,6 +490,20 @@ async fn validation_names_the_field() {
         s
     };
 
+    // LoRA: known target modules, and a base with weights (not init_config).
+    refused(
+        &mut c,
+        with(&|s| {
+            s.lora = Some(koala_proto::v1::LoraSpec {
+                target_modules: vec!["lm_head".into()],
+                ..Default::default()
+            })
+        }),
+        "lora",
+    )
+    .await;
+    refused(&mut c, with(&|s| s.lora = Some(Default::default())), "lora").await;
+
     // Paths: required, no `..`, inside the root (absolute or through a symlink), existing.
     refused(&mut c, with(&|s| s.base_model = None), "base_model").await;
     refused(

@@ -161,7 +161,7 @@ pub fn train_config(
 
 /// A job's `lora` as the trainer's `[lora]` table, 0 and empty fields taking its defaults
 /// (checked when the run starts, like the rest of the config).
-fn lora_config(l: &koala_proto::v1::LoraSpec) -> crate::lora::LoraConfig {
+pub(crate) fn lora_config(l: &koala_proto::v1::LoraSpec) -> crate::lora::LoraConfig {
     let d = crate::lora::LoraConfig::default();
     crate::lora::LoraConfig {
         r: if l.r == 0 { d.r } else { l.r as usize },

@@ -117,6 +117,17 @@ pub fn validate(spec: &JobSpec, data_root: &Path) -> Result<ResolvedPaths, Field
     if let Some(h) = &spec.hyperparameters {
         check_hyperparameters(h)?;
     }
+    if let Some(l) = &spec.lora {
+        crate::daemon::train_runner::lora_config(l)
+            .slots()
+            .map_err(|e| err("lora", e.to_string()))?;
+        if !matches!(spec.base_model, Some(BaseModel::ModelDir(_))) {
+            return Err(err(
+                "lora",
+                "a LoRA adapter needs model_dir (a model with weights to adapt)",
+            ));
+        }
+    }
     let paths = resolve_paths(spec, data_root)?;
     if paths.out_dir.exists() {
         if !paths.out_dir.is_dir() {
