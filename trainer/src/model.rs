@@ -366,6 +366,12 @@ impl<B: Backend> Llama<B> {
         self.dropout_calls = 0;
     }
 
+    /// Sets the call number of the next forward within the step (then counting on): the global
+    /// micro-batch index, so that data-parallel ranks draw the masks one worker would.
+    pub fn set_dropout_call(&mut self, call: u64) {
+        self.dropout_calls = call;
+    }
+
     /// Downloads the parameters as host tensors (HF names), at full precision: the fp32 master
     /// weights where the backend computes in bf16 ([`Backend::download_param`]).
     pub fn to_tensors(&self, be: &B) -> Result<Tensors> {

@@ -420,6 +420,8 @@ pub fn local_grads<B: Backend>(
         let (b, w) = (&batches[i], &weights[i]);
         let inp = Inputs::upload(be, b.b, b.t, &b.inputs, &b.positions, &b.segment_ids)?;
         let targets = be.upload_ids(&b.targets)?;
+        // LoRA dropout: masks by global micro-batch, the same whatever the number of ranks.
+        model.set_dropout_call(i as u64);
         loss += model.forward_backward(be, &inp, &targets, w)?;
         tokens += b.b * b.t;
     }
