@@ -28,6 +28,8 @@ enum Command {
     Load(cmd::load::Args),
     /// Load the sources, run the curation stages, write kept/dropped Parquet, Koala JSONL and a report.
     Curate(cmd::curate::CurateArgs),
+    /// Combine the shard directories of `koala curate --shard I/N` into the single run's output.
+    CurateMerge(cmd::curate_merge::CurateMergeArgs),
     /// BLEU test-set leakage filter alone: decontaminate training data or audit a test set.
     Decontaminate(cmd::decontaminate::DecontaminateArgs),
     /// Test-set curation tools: `check` measures the non-English and coding flags against labels.
@@ -86,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Load(a) => cmd::load::run(a),
         Command::Curate(a) => cmd::curate::run(a),
+        Command::CurateMerge(a) => cmd::curate_merge::run(a),
         Command::Decontaminate(a) => cmd::decontaminate::run(a),
         Command::Testset(a) => cmd::testset::run(a),
         Command::Bleu(a) => cmd::bleu::run(a),

@@ -1,6 +1,7 @@
 //! `koala curate --config PRESET.toml --input DIR --out DIR`: load every source under DIR, run
 //! the curation stages with a progress bar each, write kept/dropped Parquet, the Koala JSONL
-//! export and the report.
+//! export and the report. With `--shard I/N`: only shard I's rows, every stage before `mixture`,
+//! written for `koala curate-merge` (docs/curation.md, "Sharded runs").
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -8,7 +9,9 @@ use clap::Args;
 use indicatif::MultiProgress;
 use koala_pipeline::sources::{LoadOptions, load_dir};
 use koala_pipeline::stages::config::CurateConfig;
+use koala_pipeline::stages::report::Report;
 use koala_pipeline::stages::run::{curate, write_outputs};
+use koala_pipeline::stages::shard::{ShardSpec, check_shardable, curate_shard};
 
 /// Arguments of `koala curate`.
 #[derive(Args, Debug)]
@@ -28,6 +31,11 @@ pub struct CurateArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Run shard I of N (0-based, e.g. 3/8): only that shard's rows, every stage before
+    /// `mixture`; `koala curate-merge` combines the N shard directories into the single run's
+    /// output.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<ShardSpec>,
 }
 
 /// Runs `koala curate`.
@@ -40,6 +48,9 @@ pub fn run(args: CurateArgs) -> Result<()> {
     if args.quiet {
         mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    if let Some(spec) = args.shard {
+        return run_shard(&args, &cfg, spec, &mp);
+    }
     let input = load_input(&args.input, &mp, &args.out)?;
     let mut out = curate(&cfg, input, Some(&mp)).with_context(|| {
         format!(
@@ -50,6 +61,12 @@ pub fn run(args: CurateArgs) -> Result<()> {
     })?;
     let report = write_outputs(&cfg, &mut out, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    print_summary(&cfg, &report, &args.out);
+    Ok(())
+}
+
+/// The closing lines of `koala curate` and `koala curate-merge`: totals, funnel, export.
+pub fn print_summary(cfg: &CurateConfig, report: &Report, out: &std::path::Path) {
     println!(
         "{}: {} rows in → {} kept + {} dropped (invariant holds)",
         if cfg.name.is_empty() {
@@ -68,7 +85,53 @@ pub fn run(args: CurateArgs) -> Result<()> {
     if let Some(e) = &report.export {
         println!("  export: {} train, {} eval examples", e.train, e.eval);
     }
-    println!("  wrote {}", args.out.display());
+    println!("  wrote {}", out.display());
+}
+
+/// `koala curate --shard I/N`.
+fn run_shard(
+    args: &CurateArgs,
+    cfg: &CurateConfig,
+    spec: ShardSpec,
+    mp: &MultiProgress,
+) -> Result<()> {
+    // Refused before the input is read.
+    check_shardable(cfg, spec)?;
+    let input = load_input(&args.input, mp, &args.out)?;
+    let mut run = curate_shard(
+        cfg,
+        input,
+        &args.input.display().to_string(),
+        spec,
+        Some(mp),
+    )
+    .with_context(|| {
+        format!(
+            "curating shard {spec} of {} with {}",
+            args.input.display(),
+            args.config.display()
+        )
+    })?;
+    run.write(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let m = &run.manifest;
+    println!(
+        "{} shard {spec}: {} rows seen, {} owned → {} kept before mixture + {} dropped (invariant holds)",
+        if cfg.name.is_empty() {
+            "curate"
+        } else {
+            &cfg.name
+        },
+        m.rows_seen,
+        m.rows_owned,
+        m.rows_kept,
+        m.rows_dropped
+    );
+    println!(
+        "  wrote {} (merge all {} shards with `koala curate-merge`)",
+        args.out.display(),
+        spec.count
+    );
     Ok(())
 }
 

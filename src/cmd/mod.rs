@@ -1,6 +1,7 @@
 //! One module per `koala` subcommand.
 pub mod bleu;
 pub mod curate;
+pub mod curate_merge;
 pub mod decontaminate;
 pub mod eval;
 pub mod export;

@@ -8,7 +8,8 @@ use koala_pipeline::synth::{self, Scale, SynthOptions};
 /// layout `koala load` reads (docs/sources.md).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `small` (1/100 of Koala's sizes, for tests), `koala` (the blog's sizes, ~1 GB), or `tiny`.
+    /// `small` (1/100 of Koala's sizes, for tests), `koala` (the blog's sizes, ~1 GB), `tiny`,
+    /// or `Nx`: N times the Koala sizes, N from 1 to 1000 (`10x` is ~11 GB; `1x` = `koala`).
     #[arg(long, default_value = "small")]
     pub scale: Scale,
     /// Output directory (created).
@@ -23,7 +24,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let pb = indicatif::ProgressBar::new_spinner().with_message(format!(
-        "writing a {:?} corpus to {}",
+        "writing a {} corpus to {}",
         args.scale,
         args.out.display()
     ));

@@ -613,6 +613,11 @@ fn parse_record(ctx: &RecordCtx, bytes: &[u8]) -> record::FieldResult<Parsed> {
             ));
         }
     };
+    if ctx.source == Source::ShareGpt
+        && let Some(parsed) = sharegpt::parse_fast(ctx, text)
+    {
+        return Ok(parsed);
+    }
     let v: Value = serde_json::from_str(text)
         .map_err(|e| FieldError::new("(json)", format!("not valid JSON: {e}")))?;
     ctx.source.parse(ctx, &v)

@@ -74,6 +74,11 @@ pub struct LanguageConfig {
     /// (at a character boundary): whatlang's verdict settles within a few hundred characters,
     /// and its cost grows with the text (a long ShareGPT chat is tens of KB). 0 = no cut.
     pub context_bytes: usize,
+    /// Every unit is judged on at most its first this many bytes (at a character boundary):
+    /// whatlang's cost grows with the text and its verdict settles on a sample of it, so a
+    /// conversation with pages of pasted user text costs no more than one with a paragraph.
+    /// 0 = the whole unit.
+    pub sample_bytes: usize,
 }
 
 impl Default for LanguageConfig {
@@ -88,6 +93,7 @@ impl Default for LanguageConfig {
             undetected: Undetected::Keep,
             unreliable_in_context: true,
             context_bytes: 4096,
+            sample_bytes: 4096,
         }
     }
 }
@@ -100,6 +106,40 @@ pub fn detect(text: &str) -> Option<(&'static str, f64)> {
 /// Like [`detect`], plus whatlang's own `is_reliable` verdict.
 fn detect_full(text: &str) -> Option<(&'static str, f64, bool)> {
     whatlang::detect(text).map(|i| (i.lang().code(), i.confidence(), i.is_reliable()))
+}
+
+/// `text` cut to at most `cap` bytes, at a character boundary.
+fn cut_at(text: &str, cap: usize) -> &str {
+    if text.len() <= cap {
+        return text;
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `parts` joined by newlines, stopping once `cap` bytes are reached and cut to `cap` (at a
+/// character boundary): the same text as joining everything and then cutting, without copying
+/// the parts past the cut.
+fn join_capped<'a>(parts: impl Iterator<Item = &'a str>, cap: usize) -> String {
+    let mut s = String::new();
+    for (i, p) in parts.enumerate() {
+        if i > 0 {
+            if s.len() >= cap {
+                break;
+            }
+            s.push('\n');
+        }
+        let room = cap.saturating_sub(s.len());
+        let kept = cut_at(p, room);
+        s.push_str(kept);
+        if kept.len() < p.len() {
+            break;
+        }
+    }
+    s
 }
 
 /// The language stage.
@@ -145,26 +185,11 @@ impl LanguageFilter {
             0 => usize::MAX,
             n => n,
         };
-        let whole = || {
-            let mut s = String::new();
-            for (i, t) in turns.iter().enumerate() {
-                if s.len() >= cap {
-                    break;
-                }
-                if i > 0 {
-                    s.push('\n');
-                }
-                s.push_str(t.1);
-            }
-            if s.len() > cap {
-                let mut end = cap;
-                while !s.is_char_boundary(end) {
-                    end -= 1;
-                }
-                s.truncate(end);
-            }
-            s
+        let sample = match self.config.sample_bytes {
+            0 => usize::MAX,
+            n => n,
         };
+        let whole = || join_capped(turns.iter().map(|t| t.1), cap);
         // A unit that whatlang cannot judge reliably is judged with the whole conversation.
         let in_context = |text: &str| -> Option<(&'static str, f64)> {
             match detect_full(text) {
@@ -174,12 +199,8 @@ impl LanguageFilter {
         };
         let units: Vec<Judged> = match self.config.policy {
             Policy::UserTurns => {
-                let users = turns
-                    .iter()
-                    .filter(|t| t.0 == "user")
-                    .map(|t| t.1)
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let users =
+                    join_capped(turns.iter().filter(|t| t.0 == "user").map(|t| t.1), sample);
                 let det = if users.trim().chars().count() < min {
                     detect(&whole())
                 } else {
@@ -194,7 +215,7 @@ impl LanguageFilter {
                     if t.1.trim().chars().count() < min {
                         any_short = true;
                     } else {
-                        units.push((Some(k), in_context(t.1)));
+                        units.push((Some(k), in_context(cut_at(t.1, sample))));
                     }
                 }
                 if any_short || units.is_empty() {
@@ -288,6 +309,37 @@ mod tests {
 
     fn reason(v: &Verdict) -> Option<&'static str> {
         v.as_ref().map(|v| v.0)
+    }
+
+    #[test]
+    fn capped_join_equals_join_then_cut() {
+        let parts = ["héllo wörld", "", "ünïcödé ✓ text", "tail"];
+        let joined = parts.join("\n");
+        for cap in 0..joined.len() + 3 {
+            let want = cut_at(&joined, cap);
+            assert_eq!(join_capped(parts.iter().copied(), cap), want, "cap {cap}");
+        }
+        assert_eq!(join_capped(std::iter::empty(), 10), "");
+    }
+
+    #[test]
+    fn long_user_text_is_judged_on_a_sample() {
+        // Pages of German, then far more English: the 4 KiB sample is German, the whole text
+        // is English.
+        let text = format!("{} {}", DE.repeat(60), EN.repeat(400));
+        assert_eq!(detect(&text).map(|d| d.0), Some("eng"));
+        assert_eq!(detect(cut_at(&text, 4096)).map(|d| d.0), Some("deu"));
+        let lang = |f: &LanguageFilter| {
+            let conv = [("user", text.as_str()), ("assistant", "ok")];
+            f.judge(conv.into_iter()).1.map(|d| d.0)
+        };
+        assert_eq!(lang(&f(Policy::UserTurns)), Some("deu"));
+        let whole = LanguageFilter::new(LanguageConfig {
+            sample_bytes: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(lang(&whole), Some("eng"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod minhash;
 pub mod mixture;
 pub mod report;
 pub mod run;
+pub mod shard;
 pub mod view;
 
 /// Annotation column: why a row is dropped (null when it is kept).

@@ -79,6 +79,20 @@ pub fn curate(
     let input = crate::notebook::reseat(&input)?;
     validate(&input)?;
     cfg.validate()?;
+    run_stages(&stages(cfg)?, input, progress, &mut |_, _| Ok(()))
+}
+
+/// Runs `stages` in order on `input`, stacking each stage's dropped rows (in stage order, each
+/// in its table order) and checking the lineage invariant at the end: the loop of [`curate`],
+/// usable on a part of the recipe (a sharded run, [`super::shard`], stops before `mixture`;
+/// its merge runs `mixture` alone). `after_stage` sees each stage's name and kept table before
+/// the next stage starts (an error from it stops the run).
+pub fn run_stages(
+    stages: &[Box<dyn Stage>],
+    input: DataFrame,
+    progress: Option<&MultiProgress>,
+    after_stage: &mut dyn FnMut(&str, &DataFrame) -> Result<()>,
+) -> Result<CurateOutput> {
     let rows_in = input.height() as u64;
     // (`select` sorts the table into one chunk per column; every later stage then views
     // `turns` in place, and the row filters between stages keep single chunks.)
@@ -89,7 +103,7 @@ pub fn curate(
     let style = ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
         .map_err(|e| Error::Config(e.to_string()))?
         .progress_chars("=> ");
-    for stage in stages(cfg)? {
+    for stage in stages {
         let pb = match progress {
             Some(mp) => mp.add(ProgressBar::new(df.height() as u64)),
             None => ProgressBar::hidden(),
@@ -112,6 +126,7 @@ pub fn curate(
         dropped.vstack_mut(&out.dropped)?;
         stats.push(out.stats);
         df = out.kept;
+        after_stage(stage.name(), &df)?;
     }
     dropped.rechunk_mut();
     let out = CurateOutput {

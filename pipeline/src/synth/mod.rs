@@ -1,17 +1,19 @@
 //! Synthetic corpora in the real published formats (`koala synth`).
 //!
 //! [`synth`] writes the seven sources in exactly the layout and formats that
-//! [`crate::sources::load_dir`] reads (see `docs/sources.md`), at two scales:
+//! [`crate::sources::load_dir`] reads (see `docs/sources.md`), at these scales:
 //!
-//! | source | `small` | `koala` (the Koala blog's sizes) |
-//! |---|---|---|
-//! | ShareGPT conversations | 600 | 60,000 |
-//! | HC3 questions | 240 | 24,000 |
-//! | OIG rows | 300 | 30,000 |
-//! | Alpaca rows | 520 | 52,000 |
-//! | HH pairs | 1,600 | 160,000 |
-//! | WebGPT comparisons | 200 | 20,000 |
-//! | summarize comparisons | 930 | 93,000 |
+//! | source | `small` | `koala` (the Koala blog's sizes) | `Nx` |
+//! |---|---|---|---|
+//! | ShareGPT conversations | 600 | 60,000 | N × 60,000 |
+//! | HC3 questions | 240 | 24,000 | N × 24,000 |
+//! | OIG rows | 300 | 30,000 | N × 30,000 |
+//! | Alpaca rows | 520 | 52,000 | N × 52,000 |
+//! | HH pairs | 1,600 | 160,000 | N × 160,000 |
+//! | WebGPT comparisons | 200 | 20,000 | N × 20,000 |
+//! | summarize comparisons | 930 | 93,000 | N × 93,000 |
+//!
+//! (`tiny` is 1/2000 of `koala`; `Nx` takes N from 1 to [`MAX_MULTIPLIER`], and `1x` is `koala`.)
 //!
 //! The text is seeded word salad with realistic lengths (log-normal, long right tail) and the
 //! features curation has to deal with: about 40% of ShareGPT conversations repeat an earlier
@@ -19,9 +21,13 @@
 //! English (Spanish, French, German, Portuguese, Russian, Chinese, Japanese, Korean), ShareGPT
 //! answers are the page's HTML (with "Copy code" buttons on code blocks) and some mention
 //! OpenAI/ChatGPT (Koala's keyword filter drops those). The Koala scale is about 1 GB decoded.
+//! These shares do not depend on the scale: the pool of ShareGPT queries that duplicates repeat
+//! grows with the number of conversations, and every other record is drawn independently.
 //!
 //! Every record is generated from `(seed, source, index)` alone, so generation is parallel
 //! (rayon, in chunks written in order) and the output is byte-identical for a given seed.
+//! Files are streamed: at most [`BATCH`] chunks of [`CHUNK`] records are held in memory at once,
+//! whatever the scale.
 //!
 //! # Example
 //! ```
@@ -31,6 +37,7 @@
 //! assert_eq!(report.files.len(), 27);
 //! let loaded = koala_pipeline::sources::load_dir(dir.path(), &Default::default()).unwrap();
 //! assert_eq!(loaded.totals().records_quarantined, 0);
+//! assert_eq!("10x".parse::<Scale>().unwrap().counts().sharegpt, 600_000);
 //! ```
 use std::fmt::Write as _;
 use std::io::Write;
@@ -48,8 +55,10 @@ pub mod text;
 use text::{Gen, Lang};
 
 /// How big a corpus to write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// Parsed from and written as `tiny`, `small`, `koala` or `Nx` (`10x`); the report JSON prints
+/// the same string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scale {
     /// A few dozen records per source (doc tests).
     Tiny,
@@ -57,17 +66,61 @@ pub enum Scale {
     Small,
     /// The Koala blog's sizes.
     Koala,
+    /// N times the Koala sizes, N from 2 to [`MAX_MULTIPLIER`] (`"1x"` parses as
+    /// [`Scale::Koala`], and `Times(1)` writes exactly what `Koala` writes).
+    Times(u32),
 }
+
+/// The largest `N` of `--scale Nx`.
+pub const MAX_MULTIPLIER: u32 = 1000;
+
+/// The accepted spellings of a scale, for error messages.
+const ACCEPTED: &str = concat!(
+    "accepted: tiny, small, koala, or Nx for N times the Koala sizes, ",
+    "N a whole number from 1 to 1000 (1x = koala; e.g. 10x)"
+);
 
 impl FromStr for Scale {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "tiny" => Ok(Scale::Tiny),
-            "small" => Ok(Scale::Small),
-            "koala" => Ok(Scale::Koala),
-            _ => Err(format!("unknown scale {s:?} (tiny, small or koala)")),
+            "tiny" => return Ok(Scale::Tiny),
+            "small" => return Ok(Scale::Small),
+            "koala" => return Ok(Scale::Koala),
+            _ => {}
         }
+        let Some(n) = s.strip_suffix('x') else {
+            return Err(format!("unknown scale {s:?}; {ACCEPTED}"));
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "bad scale {s:?}: the multiplier before `x` must be a whole number; {ACCEPTED}"
+            ));
+        }
+        match n.parse::<u32>() {
+            Ok(1) => Ok(Scale::Koala),
+            Ok(n) if (2..=MAX_MULTIPLIER).contains(&n) => Ok(Scale::Times(n)),
+            _ => Err(format!(
+                "bad scale {s:?}: the multiplier must be from 1 to {MAX_MULTIPLIER}; {ACCEPTED}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scale::Tiny => f.write_str("tiny"),
+            Scale::Small => f.write_str("small"),
+            Scale::Koala | Scale::Times(1) => f.write_str("koala"),
+            Scale::Times(n) => write!(f, "{n}x"),
+        }
+    }
+}
+
+impl Serialize for Scale {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -81,6 +134,26 @@ pub struct Counts {
     pub hh: u64,
     pub webgpt: u64,
     pub summarize: u64,
+}
+
+impl Counts {
+    /// Every count times `k`.
+    pub fn times(self, k: u64) -> Counts {
+        Counts {
+            sharegpt: self.sharegpt * k,
+            hc3: self.hc3 * k,
+            oig: self.oig * k,
+            alpaca: self.alpaca * k,
+            hh: self.hh * k,
+            webgpt: self.webgpt * k,
+            summarize: self.summarize * k,
+        }
+    }
+
+    /// All records.
+    pub fn total(self) -> u64 {
+        self.sharegpt + self.hc3 + self.oig + self.alpaca + self.hh + self.webgpt + self.summarize
+    }
 }
 
 impl Scale {
@@ -99,6 +172,7 @@ impl Scale {
             Scale::Tiny => 2000,
             Scale::Small => 100,
             Scale::Koala => 1,
+            Scale::Times(n) => return koala.times(u64::from(n)),
         };
         Counts {
             sharegpt: koala.sharegpt / div,
@@ -108,6 +182,25 @@ impl Scale {
             hh: koala.hh / div,
             webgpt: koala.webgpt / div,
             summarize: koala.summarize / div,
+        }
+    }
+
+    /// An error for a `Times(n)` outside `1..=MAX_MULTIPLIER` (which [`FromStr`] never gives).
+    fn check(self) -> Result<()> {
+        match self {
+            Scale::Times(n) if !(1..=MAX_MULTIPLIER).contains(&n) => Err(Error::Config(format!(
+                "synth scale {n}x: the multiplier must be from 1 to {MAX_MULTIPLIER}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// How ShareGPT ids are made: `tiny`, `small` and `koala` keep the random ids they always
+    /// had (so their files do not change); `Nx` with N ≥ 2 uses ids unique by construction.
+    fn sharegpt_ids(self) -> SgIds {
+        match self {
+            Scale::Times(n) if n > 1 => SgIds::Unique,
+            _ => SgIds::Drawn,
         }
     }
 }
@@ -173,9 +266,19 @@ enum Layout {
 
 /// Writes a corpus of the given scale into `out` (created if missing).
 pub fn synth(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
+    opts.scale.check()?;
+    write_corpus(
+        out,
+        opts.scale,
+        opts.scale.counts(),
+        opts.seed,
+        opts.scale.sharegpt_ids(),
+    )
+}
+
+/// [`synth`] with explicit counts and ShareGPT id scheme (`scale` is only reported).
+fn write_corpus(out: &Path, scale: Scale, c: Counts, seed: u64, ids: SgIds) -> Result<SynthReport> {
     let start = Instant::now();
-    let c = opts.scale.counts();
-    let seed = opts.seed;
     let mut files = Vec::new();
 
     // ShareGPT: two parts, like sg_90k_part1/part2.
@@ -187,7 +290,7 @@ pub fn synth(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
             &format!("sharegpt/sg_90k_part{}.json", k + 1),
             Layout::List,
             lo..hi,
-            |i, buf| sharegpt(seed, i, c.sharegpt, buf),
+            |i, buf| sharegpt(seed, i, c.sharegpt, ids, buf),
         )?);
     }
     files.push(write_file(
@@ -279,16 +382,18 @@ pub fn synth(out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
         )?);
     }
     Ok(SynthReport {
-        scale: opts.scale,
+        scale,
         seed,
         files,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
-/// Records per parallel work item, and work items generated before a write.
-const CHUNK: u64 = 512;
-const BATCH: usize = 32;
+/// Records per parallel work item (and per gzip member).
+pub const CHUNK: u64 = 512;
+/// Work items generated (in parallel) before they are written in order: the most records
+/// [`synth`] holds in memory is `BATCH * CHUNK`, at any scale.
+pub const BATCH: usize = 32;
 
 fn write_file<F>(
     out: &Path,
@@ -413,20 +518,76 @@ fn sharegpt_query(seed: u64, q: u64) -> (String, Lang) {
     (s, lang)
 }
 
-fn sharegpt(seed: u64, i: u64, n: u64, buf: &mut Vec<u8>) {
-    let mut g = Gen::new(seed, "sharegpt", i);
-    // A bijection of positions spreads the originals and the duplicates over the file: position
-    // i maps to k; the first 60% of k are originals (query slot k), the rest repeat a slot.
-    let originals = ((n as f64) * (1.0 - DUPLICATE_QUERIES)).ceil().max(1.0) as u64;
+/// The number of distinct first-query slots among `n` ShareGPT conversations.
+fn sharegpt_originals(n: u64) -> u64 {
+    ((n as f64) * (1.0 - DUPLICATE_QUERIES)).ceil().max(1.0) as u64
+}
+
+/// The query slot of conversation `i` of `n`, and whether it repeats another's.
+///
+/// A bijection of positions spreads the originals and the duplicates over the file: position
+/// i maps to k; the first 60% of k are originals (query slot k), the rest repeat a slot drawn
+/// from all the originals. The pool is 60% of `n` at any scale, so the duplicate share is the
+/// same at `koala` and at `1000x`.
+fn sharegpt_slot(seed: u64, i: u64, n: u64) -> (u64, bool) {
+    let originals = sharegpt_originals(n);
     let k = permute(i, n);
-    let (slot, duplicate) = if k < originals {
+    if k < originals {
         (k, false)
     } else {
         (
             xxhash_rust::xxh3::xxh3_64_with_seed(&k.to_le_bytes(), seed) % originals,
             true,
         )
+    }
+}
+
+/// How ShareGPT conversation ids (`{7 alphanumerics}_{0..12}`) are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SgIds {
+    /// Seven random characters (the `tiny`, `small` and `koala` files): unique in practice up
+    /// to a few million conversations, but not by construction.
+    Drawn,
+    /// Seven characters that are a seeded bijection of the conversation's index, so no two
+    /// conversations share an id at any scale (`Nx`, N ≥ 2).
+    Unique,
+}
+
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// 62^7: the number of 7-character alphanumeric stems.
+const STEMS: u64 = 3_521_614_606_208;
+
+/// The id stem of conversation `i` under [`SgIds::Unique`]: a seeded permutation of `0..STEMS`
+/// (a bijective mix of 42-bit words, cycle-walked into range) written in base 62.
+fn unique_stem(seed: u64, i: u64) -> String {
+    debug_assert!(i < STEMS);
+    const MASK: u64 = (1 << 42) - 1;
+    let key = xxhash_rust::xxh3::xxh3_64_with_seed(b"sharegpt-id", seed);
+    let mix = |mut x: u64| {
+        for r in 0..3 {
+            // Each step is a bijection of 42-bit words: xor with a constant, multiply by an
+            // odd number modulo 2^42, xor with a right shift of itself.
+            x ^= (key >> (r * 11)) & MASK;
+            x = x.wrapping_mul(0x2545_F491_4F6C_DD1D | 1) & MASK;
+            x ^= x >> 21;
+        }
+        x
     };
+    let mut x = mix(i % STEMS);
+    while x >= STEMS {
+        x = mix(x);
+    }
+    let mut stem = [0u8; 7];
+    for c in stem.iter_mut().rev() {
+        *c = ALNUM[(x % 62) as usize];
+        x /= 62;
+    }
+    stem.iter().map(|&b| b as char).collect()
+}
+
+fn sharegpt(seed: u64, i: u64, n: u64, ids: SgIds, buf: &mut Vec<u8>) {
+    let mut g = Gen::new(seed, "sharegpt", i);
+    let (slot, duplicate) = sharegpt_slot(seed, i, n);
     let (mut first, lang) = sharegpt_query(seed, slot);
     if duplicate && g.chance(0.25) {
         first = match g.range(0, 2) {
@@ -459,7 +620,12 @@ fn sharegpt(seed: u64, i: u64, n: u64, buf: &mut Vec<u8>) {
             value: sharegpt_answer(&mut g, lang),
         });
     }
-    let id = format!("{}_{}", g.alnum(7), g.range(0, 12));
+    let drawn = g.alnum(7);
+    let stem = match ids {
+        SgIds::Drawn => drawn,
+        SgIds::Unique => unique_stem(seed, i),
+    };
+    let id = format!("{stem}_{}", g.range(0, 12));
     push_json(
         buf,
         &Sg {
@@ -996,5 +1162,317 @@ mod tests {
             (0.03..0.2).contains(&non_ascii),
             "non-ASCII share {non_ascii}"
         );
+    }
+
+    /// A hash of a written corpus: each file's name, then its bytes (gzip files decoded, so
+    /// that the hash does not depend on the compression library's version).
+    fn content_hash(dir: &Path, report: &SynthReport) -> u64 {
+        use std::io::Read;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for f in &report.files {
+            h.update(f.file.as_bytes());
+            h.update(&[0]);
+            let raw = std::fs::read(dir.join(&f.file)).unwrap();
+            if f.file.ends_with(".gz") {
+                let mut d = Vec::new();
+                flate2::read::MultiGzDecoder::new(&raw[..])
+                    .read_to_end(&mut d)
+                    .unwrap();
+                h.update(&d);
+            } else {
+                h.update(&raw);
+            }
+        }
+        h.digest()
+    }
+
+    #[test]
+    fn tiny_and_small_files_unchanged() {
+        // Hashes of the files written by the code before `Nx` scales existed (the same hash
+        // function run on that code's output): the tiny/small/koala path must not change.
+        for (scale, seed, want) in [
+            (Scale::Tiny, 0, 0xeef5_4552_6fb9_7251u64),
+            (Scale::Tiny, 3, 0x7099_cf48_cc71_e73f),
+            (Scale::Small, 0, 0x6e77_2fec_aa73_9fb8),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = synth(dir.path(), &SynthOptions { scale, seed }).unwrap();
+            assert_eq!(r.files.len(), 27);
+            let got = content_hash(dir.path(), &r);
+            assert_eq!(got, want, "{scale} seed {seed}: {got:#018x}");
+        }
+    }
+
+    #[test]
+    fn scale_parses_every_form() {
+        let ok = [
+            ("tiny", Scale::Tiny),
+            ("small", Scale::Small),
+            ("koala", Scale::Koala),
+            ("1x", Scale::Koala),
+            ("2x", Scale::Times(2)),
+            ("10x", Scale::Times(10)),
+            ("010x", Scale::Times(10)),
+            ("1000x", Scale::Times(1000)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(s.parse::<Scale>(), Ok(want), "{s}");
+        }
+        let accepted = "accepted: tiny, small, koala, or Nx for N times the Koala sizes, N a \
+                        whole number from 1 to 1000 (1x = koala; e.g. 10x)";
+        let bad = [
+            (
+                "0x",
+                "bad scale \"0x\": the multiplier must be from 1 to 1000",
+            ),
+            (
+                "1001x",
+                "bad scale \"1001x\": the multiplier must be from 1 to 1000",
+            ),
+            (
+                "99999999999x",
+                "bad scale \"99999999999x\": the multiplier must be from 1 to 1000",
+            ),
+            (
+                "x",
+                "bad scale \"x\": the multiplier before `x` must be a whole number",
+            ),
+            (
+                "1.5x",
+                "bad scale \"1.5x\": the multiplier before `x` must be a whole number",
+            ),
+            (
+                "abcx",
+                "bad scale \"abcx\": the multiplier before `x` must be a whole number",
+            ),
+            (
+                "-2x",
+                "bad scale \"-2x\": the multiplier before `x` must be a whole number",
+            ),
+            (
+                "+2x",
+                "bad scale \"+2x\": the multiplier before `x` must be a whole number",
+            ),
+            (
+                " 2x",
+                "bad scale \" 2x\": the multiplier before `x` must be a whole number",
+            ),
+            ("10", "unknown scale \"10\""),
+            ("10X", "unknown scale \"10X\""),
+            ("x10", "unknown scale \"x10\""),
+            ("Koala", "unknown scale \"Koala\""),
+            ("", "unknown scale \"\""),
+        ];
+        for (s, reason) in bad {
+            let e = s.parse::<Scale>().unwrap_err();
+            assert_eq!(e, format!("{reason}; {accepted}"), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn scale_prints_as_it_parses() {
+        for s in ["tiny", "small", "koala", "2x", "10x", "1000x"] {
+            let scale: Scale = s.parse().unwrap();
+            assert_eq!(scale.to_string(), s);
+            assert_eq!(serde_json::to_string(&scale).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(Scale::Times(1).to_string(), "koala");
+        let report = SynthReport {
+            scale: Scale::Times(10),
+            seed: 0,
+            files: vec![],
+            seconds: 0.0,
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["scale"], "10x");
+    }
+
+    #[test]
+    fn counts_multiply_koala() {
+        let koala = Scale::Koala.counts();
+        assert_eq!(
+            koala,
+            Counts {
+                sharegpt: 60_000,
+                hc3: 24_000,
+                oig: 30_000,
+                alpaca: 52_000,
+                hh: 160_000,
+                webgpt: 20_000,
+                summarize: 93_000,
+            }
+        );
+        assert_eq!("1x".parse::<Scale>().unwrap().counts(), koala);
+        assert_eq!(Scale::Times(1).counts(), koala);
+        assert_eq!(Scale::Times(1).sharegpt_ids(), SgIds::Drawn);
+        assert_eq!(Scale::Koala.sharegpt_ids(), SgIds::Drawn);
+        let three = "3x".parse::<Scale>().unwrap().counts();
+        assert_eq!(
+            three,
+            Counts {
+                sharegpt: 180_000,
+                hc3: 72_000,
+                oig: 90_000,
+                alpaca: 156_000,
+                hh: 480_000,
+                webgpt: 60_000,
+                summarize: 279_000,
+            }
+        );
+        assert_eq!(three, koala.times(3));
+        assert_eq!(three.total(), 3 * 439_000);
+        assert_eq!(Scale::Times(1000).counts().total(), 439_000_000);
+        // The small and tiny sizes are as before.
+        assert_eq!(Scale::Small.counts().total(), 4_390);
+        assert_eq!(
+            Scale::Tiny.counts(),
+            Counts {
+                sharegpt: 30,
+                hc3: 12,
+                oig: 15,
+                alpaca: 26,
+                hh: 80,
+                webgpt: 10,
+                summarize: 46,
+            }
+        );
+    }
+
+    #[test]
+    fn synth_rejects_multipliers_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0, MAX_MULTIPLIER + 1] {
+            let e = synth(
+                dir.path(),
+                &SynthOptions {
+                    scale: Scale::Times(n),
+                    seed: 0,
+                },
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("the multiplier must be from 1 to 1000"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn multiplied_run_keeps_shares_and_unique_ids() {
+        // Tiny's sizes times 20 (what `Nx` does to Koala's), with the `Nx` id scheme: the
+        // corpus loads clean, every row id is distinct, and the shares are those of `small`.
+        let dir = tempfile::tempdir().unwrap();
+        let c = Scale::Tiny.counts().times(20);
+        let r = write_corpus(dir.path(), Scale::Times(20), c, 5, SgIds::Unique).unwrap();
+        assert_eq!(r.files.iter().map(|f| f.records).sum::<u64>(), c.total());
+        let out = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+        out.check_reconciled().unwrap();
+        let t = out.totals();
+        assert_eq!(t.records_quarantined, 0, "{:?}", out.quarantine.first());
+        assert_eq!(t.records_read, c.total());
+        let rows = from_dataframe(&out.table).unwrap();
+        let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.len(), rows.len(), "row ids repeat");
+        let sg: Vec<_> = rows.iter().filter(|r| r.source == "sharegpt").collect();
+        assert_eq!(sg.len() as u64, c.sharegpt);
+        let firsts: std::collections::HashSet<String> = sg
+            .iter()
+            .map(|r| {
+                let u = r.turns.iter().find(|t| t.role == crate::schema::Role::User);
+                u.map(|t| t.text.trim().to_lowercase()).unwrap_or_default()
+            })
+            .collect();
+        let dup = 1.0 - firsts.len() as f64 / sg.len() as f64;
+        assert!((0.33..0.45).contains(&dup), "duplicate share {dup}");
+        let non_ascii = sg
+            .iter()
+            .filter(|r| {
+                r.turns
+                    .iter()
+                    .any(|t| t.role == crate::schema::Role::User && !t.text.is_ascii())
+            })
+            .count() as f64
+            / sg.len() as f64;
+        assert!(
+            (0.03..0.2).contains(&non_ascii),
+            "non-ASCII share {non_ascii}"
+        );
+    }
+
+    #[test]
+    fn sharegpt_duplicates_and_languages_hold_beyond_koala_range() {
+        // At 10x, over all 600,000 positions: the slots of the originals are exactly
+        // 0..originals, and duplicates are 40% of conversations overall and among the positions
+        // past the 1x range; their slots come from the whole (10x) pool.
+        let seed = 11;
+        let n = Scale::Times(10).counts().sharegpt;
+        let originals = sharegpt_originals(n);
+        assert_eq!(originals, 360_000);
+        let mut seen = vec![false; originals as usize];
+        let (mut dups, mut dups_late, mut late, mut max_dup_slot) = (0u64, 0u64, 0u64, 0u64);
+        for i in 0..n {
+            let (slot, duplicate) = sharegpt_slot(seed, i, n);
+            assert!(slot < originals);
+            if duplicate {
+                dups += 1;
+                max_dup_slot = max_dup_slot.max(slot);
+            } else {
+                assert!(!seen[slot as usize], "slot {slot} is an original twice");
+                seen[slot as usize] = true;
+            }
+            if i >= Scale::Koala.counts().sharegpt {
+                late += 1;
+                dups_late += u64::from(duplicate);
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(dups, n - originals);
+        let late_share = dups_late as f64 / late as f64;
+        assert!((0.39..0.41).contains(&late_share), "{late_share}");
+        assert!(max_dup_slot > originals * 99 / 100, "{max_dup_slot}");
+        // Non-English first queries among slots past the 1x pool: still ~10%.
+        let other = (300_000..304_000)
+            .filter(|&q| sharegpt_query(seed, q).1 != Lang::En)
+            .count() as f64
+            / 4_000.0;
+        assert!((0.085..0.115).contains(&other), "non-English share {other}");
+    }
+
+    #[test]
+    fn unique_sharegpt_ids_never_repeat() {
+        let seed = 2;
+        // The stem is a bijection: distinct over the first 300,000 indexes and over the last
+        // 100,000 of a 1000x corpus, always 7 alphanumerics.
+        let mut stems = std::collections::HashSet::new();
+        let top = Scale::Times(MAX_MULTIPLIER).counts().sharegpt;
+        for i in (0..300_000).chain(top - 100_000..top) {
+            let s = unique_stem(seed, i);
+            assert!(
+                s.len() == 7 && s.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{s}"
+            );
+            assert!(stems.insert(s), "stem of {i} repeats");
+        }
+        // Another seed gives other ids.
+        assert_ne!(unique_stem(seed, 0), unique_stem(seed + 1, 0));
+        // Whole records past the 1x range carry them (and their first query's slot).
+        let n = Scale::Times(10).counts().sharegpt;
+        let mut ids = std::collections::HashSet::new();
+        for i in n - 300..n {
+            let mut buf = Vec::new();
+            sharegpt(seed, i, n, SgIds::Unique, &mut buf);
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            let id = v["id"].as_str().unwrap().to_string();
+            assert_eq!(id.split_once('_').unwrap().0, unique_stem(seed, i));
+            assert!(ids.insert(id));
+            // The id scheme changes only the id: the rest of the record is the same.
+            let mut drawn = Vec::new();
+            sharegpt(seed, i, n, SgIds::Drawn, &mut drawn);
+            let mut w: serde_json::Value = serde_json::from_slice(&drawn).unwrap();
+            w["id"] = v["id"].clone();
+            assert_eq!(v, w);
+        }
     }
 }
