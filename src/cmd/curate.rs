@@ -40,14 +40,7 @@ pub struct CurateArgs {
 
 /// Runs `koala curate`.
 pub fn run(args: CurateArgs) -> Result<()> {
-    let mut cfg = CurateConfig::load(&args.config)?;
-    if let Some(seed) = args.seed {
-        cfg.seed = seed;
-    }
-    let mp = MultiProgress::new();
-    if args.quiet {
-        mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (cfg, mp) = config_and_progress(&args.config, args.seed, args.quiet)?;
     if let Some(spec) = args.shard {
         return run_shard(&args, &cfg, spec, &mp);
     }
@@ -65,15 +58,38 @@ pub fn run(args: CurateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The preset with `--seed` applied, and the progress bars (hidden with `--quiet`): the start of
+/// `koala curate` and `koala curate-merge`.
+pub fn config_and_progress(
+    config: &std::path::Path,
+    seed: Option<u64>,
+    quiet: bool,
+) -> Result<(CurateConfig, MultiProgress)> {
+    let mut cfg = CurateConfig::load(config)?;
+    if let Some(seed) = seed {
+        cfg.seed = seed;
+    }
+    let mp = MultiProgress::new();
+    if quiet {
+        mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    Ok((cfg, mp))
+}
+
+/// The name a run prints: the preset's, or `curate`.
+fn run_name(cfg: &CurateConfig) -> &str {
+    if cfg.name.is_empty() {
+        "curate"
+    } else {
+        &cfg.name
+    }
+}
+
 /// The closing lines of `koala curate` and `koala curate-merge`: totals, funnel, export.
 pub fn print_summary(cfg: &CurateConfig, report: &Report, out: &std::path::Path) {
     println!(
         "{}: {} rows in → {} kept + {} dropped (invariant holds)",
-        if cfg.name.is_empty() {
-            "curate"
-        } else {
-            &cfg.name
-        },
+        run_name(cfg),
         report.rows_in,
         report.rows_kept,
         report.rows_dropped
@@ -117,11 +133,7 @@ fn run_shard(
     let m = &run.manifest;
     println!(
         "{} shard {spec}: {} rows seen, {} owned → {} kept before mixture + {} dropped (invariant holds)",
-        if cfg.name.is_empty() {
-            "curate"
-        } else {
-            &cfg.name
-        },
+        run_name(cfg),
         m.rows_seen,
         m.rows_owned,
         m.rows_kept,

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::MultiProgress;
-use koala_pipeline::stages::config::CurateConfig;
 use koala_pipeline::stages::shard::merge_dir;
 
 /// Arguments of `koala curate-merge`.
@@ -32,14 +30,7 @@ pub struct CurateMergeArgs {
 
 /// Runs `koala curate-merge`.
 pub fn run(args: CurateMergeArgs) -> Result<()> {
-    let mut cfg = CurateConfig::load(&args.config)?;
-    if let Some(seed) = args.seed {
-        cfg.seed = seed;
-    }
-    let mp = MultiProgress::new();
-    if args.quiet {
-        mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (cfg, mp) = super::curate::config_and_progress(&args.config, args.seed, args.quiet)?;
     let run = merge_dir(&cfg, &args.shards, &args.out, Some(&mp)).with_context(|| {
         format!(
             "merging {} shard directories with {} into {}",

@@ -1149,6 +1149,14 @@ mod tests {
                 * 2
                 > sg.len()
         );
+        assert_non_ascii_share(&sg);
+    }
+
+    /// A hash of a written corpus: each file's name, then its bytes (gzip files decoded, so
+    /// that the hash does not depend on the compression library's version).
+    /// The share of ShareGPT conversations with non-ASCII user text (the non-English ones) is
+    /// near `NON_ENGLISH`.
+    fn assert_non_ascii_share(sg: &[&crate::schema::Conversation]) {
         let non_ascii = sg
             .iter()
             .filter(|r| {
@@ -1164,8 +1172,6 @@ mod tests {
         );
     }
 
-    /// A hash of a written corpus: each file's name, then its bytes (gzip files decoded, so
-    /// that the hash does not depend on the compression library's version).
     fn content_hash(dir: &Path, report: &SynthReport) -> u64 {
         use std::io::Read;
         let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -1386,19 +1392,7 @@ mod tests {
             .collect();
         let dup = 1.0 - firsts.len() as f64 / sg.len() as f64;
         assert!((0.33..0.45).contains(&dup), "duplicate share {dup}");
-        let non_ascii = sg
-            .iter()
-            .filter(|r| {
-                r.turns
-                    .iter()
-                    .any(|t| t.role == crate::schema::Role::User && !t.text.is_ascii())
-            })
-            .count() as f64
-            / sg.len() as f64;
-        assert!(
-            (0.03..0.2).contains(&non_ascii),
-            "non-ASCII share {non_ascii}"
-        );
+        assert_non_ascii_share(&sg);
     }
 
     #[test]
