@@ -59,6 +59,9 @@ trap 'exit 130' INT TERM
 start_server() {
   local name=$1 base=$2
   shift 2
+  # Created here, before the server starts: the redirect below happens in the background job,
+  # and under load the poll could otherwise read the file before it exists (and fail the run).
+  : > "$base.out"
   "$@" > "$base.out" 2> "$base.log" &
   local pid=$!
   pids+=("$pid")
