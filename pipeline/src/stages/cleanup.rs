@@ -107,6 +107,11 @@ pub fn looks_like_html(text: &str) -> bool {
 /// "Copy code" button) is removed and `<div>` wrappers are unwrapped, so that
 /// `<pre><div><div><code class="language-x">` becomes a fenced `x` block.
 pub fn html_to_markdown(html: &str) -> String {
+    super::html::to_markdown_fast(html).unwrap_or_else(|| html_to_markdown_htmd(html))
+}
+
+/// The reference path of [`html_to_markdown`]: the regex pre-pass, then htmd.
+pub(crate) fn html_to_markdown_htmd(html: &str) -> String {
     let simple = CODE_HEADER.replace_all(html, "");
     let simple = DIV_TAG.replace_all(&simple, "");
     CONVERTER

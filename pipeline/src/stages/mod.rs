@@ -37,6 +37,7 @@ pub mod cleanup;
 pub mod config;
 pub mod dedup;
 pub mod export;
+pub mod html;
 pub mod language;
 pub mod leakage;
 pub mod markers;
