@@ -45,8 +45,10 @@ fn io_floor(dir: &Path) -> (f64, u64) {
     let t = Instant::now();
     let mut bytes = 0u64;
     for f in &found.files {
-        let b = sources::read::read_file(&f.path).expect("read");
-        bytes += b.data.len() as u64;
+        let mut r = sources::read::RecordReader::open(&f.path, sources::DEFAULT_MAX_RECORD_BYTES)
+            .expect("open");
+        while r.next_batch(32 << 20, 1).expect("read").is_some() {}
+        bytes += r.finish().decoded_bytes;
     }
     (t.elapsed().as_secs_f64(), bytes)
 }

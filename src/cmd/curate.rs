@@ -36,6 +36,9 @@ pub struct CurateArgs {
     /// output.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<ShardSpec>,
+    /// A raw input record longer than this many bytes is quarantined without being loaded.
+    #[arg(long, default_value_t = koala_pipeline::sources::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
 }
 
 /// Runs `koala curate`.
@@ -44,7 +47,7 @@ pub fn run(args: CurateArgs) -> Result<()> {
     if let Some(spec) = args.shard {
         return run_shard(&args, &cfg, spec, &mp);
     }
-    let input = load_input(&args.input, &mp, &args.out)?;
+    let input = load_input(&args.input, &mp, &args.out, args.max_record_bytes)?;
     let mut out = curate(&cfg, input, Some(&mp)).with_context(|| {
         format!(
             "curating {} with {}",
@@ -113,7 +116,7 @@ fn run_shard(
 ) -> Result<()> {
     // Refused before the input is read.
     check_shardable(cfg, spec)?;
-    let input = load_input(&args.input, mp, &args.out)?;
+    let input = load_input(&args.input, mp, &args.out, args.max_record_bytes)?;
     let mut run = curate_shard(
         cfg,
         input,
@@ -151,6 +154,7 @@ fn load_input(
     path: &std::path::Path,
     mp: &MultiProgress,
     out: &std::path::Path,
+    max_record_bytes: usize,
 ) -> Result<polars::prelude::DataFrame> {
     use polars::prelude::{ParquetReader, PlSmallStr, SerReader};
     if path.is_file() {
@@ -176,6 +180,7 @@ fn load_input(
     pb.set_prefix("load");
     let opts = LoadOptions {
         progress: Some(pb.clone()),
+        max_record_bytes,
         ..LoadOptions::default()
     };
     let loaded = load_dir(path, &opts).with_context(|| format!("loading {}", path.display()))?;

@@ -30,6 +30,9 @@ pub struct Args {
     /// Only these sources (comma-separated names) [default: all found].
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<Source>,
+    /// A record longer than this many bytes is quarantined without being loaded.
+    #[arg(long, default_value_t = sources::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -56,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
         on_error: args.on_error,
         webgpt_ties: args.webgpt_ties,
         sources: (!args.sources.is_empty()).then(|| args.sources.clone()),
+        max_record_bytes: args.max_record_bytes,
         progress: Some(pb),
         ..LoadOptions::default()
     };

@@ -458,6 +458,92 @@ fn a_50_mb_record_loads() {
     assert_eq!(rows[2].turns[1].text, "still here");
 }
 
+/// A record over the cap is quarantined with its size and reason, without being loaded; the
+/// records around it load as usual, and the counts reconcile.
+#[test]
+fn an_oversized_record_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "lorem ipsum ".repeat(200_000);
+    let rec = serde_json::json!([
+        {"instruction": "short", "input": "", "output": "ok"},
+        {"instruction": "Summarize this.", "input": big, "output": "A long text."},
+        {"instruction": "after", "input": "", "output": "still here"},
+    ]);
+    write(
+        dir.path(),
+        "alpaca/alpaca_data.json",
+        &serde_json::to_vec(&rec).unwrap(),
+    );
+    let opts = LoadOptions {
+        max_record_bytes: 1 << 20,
+        ..LoadOptions::default()
+    };
+    let out = load_dir(dir.path(), &opts).unwrap();
+    out.check_reconciled().unwrap();
+    let rows = from_dataframe(&out.table).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].turns[1].text, "still here");
+    assert_eq!(rows[1].src_record, 3);
+    let q = &out.quarantine[0];
+    assert_eq!((q.record, q.field.as_str()), (2, "(record)"));
+    assert!(
+        q.reason.contains("over the limit of 1048576 bytes"),
+        "{}",
+        q.reason
+    );
+    assert!(
+        q.raw_truncated && q.raw_bytes > 2_400_000,
+        "{}",
+        q.raw_bytes
+    );
+    assert!(
+        q.raw.starts_with("{\"input\":\"lorem ipsum"),
+        "{}",
+        &q.raw[..40]
+    );
+    let err = load_dir(
+        dir.path(),
+        &LoadOptions {
+            on_error: OnError::Fail,
+            ..opts
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("alpaca/alpaca_data.json:1: field `(record)`"),
+        "{err}"
+    );
+}
+
+/// The same records load the same from a plain file, its gzip, and in batches of any size.
+#[test]
+fn gzip_and_batch_size_do_not_change_the_table() {
+    let bytes = std::fs::read(samples().join("sharegpt/sg_90k_sample.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "plain/sharegpt/part.json", &bytes);
+    write(dir.path(), "gz/sharegpt/part.json.gz", &gzip(&bytes));
+    let load = |sub: &str, batch_bytes: usize| {
+        let opts = LoadOptions {
+            batch_bytes,
+            chunk_records: 3,
+            ..LoadOptions::default()
+        };
+        let out = load_dir(&dir.path().join(sub), &opts).unwrap();
+        out.check_reconciled().unwrap();
+        let mut rows = from_dataframe(&out.table).unwrap();
+        for r in &mut rows {
+            r.src_file.clear(); // part.json vs part.json.gz
+        }
+        (rows, out.quarantine.len())
+    };
+    let whole = load("plain", 1 << 30);
+    assert!(whole.0.len() >= 5);
+    assert_eq!(load("plain", 1), whole);
+    assert_eq!(load("gz", 1), whole);
+    assert_eq!(load("gz", 1 << 30), whole);
+}
+
 #[test]
 fn wrong_types_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
