@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 mod tokenizer;
 
-pub use tokenizer::{is_py_whitespace, py_lower, py_rstrip, py_split, tokenize_13a};
+pub use tokenizer::{
+    for_each_13a_token, is_py_whitespace, py_lower, py_rstrip, py_split, tokenize_13a,
+};
 
 use crate::error::{Error, Result};
 

@@ -54,11 +54,11 @@ fn is_13a_symbol(c: char) -> bool {
 
 /// Applies a two-character pattern left to right without overlaps, as Python's `re.sub` does for
 /// a fixed-width pattern of two single-character classes.
-fn sub_pairs(
-    input: &[char],
-    matches: impl Fn(char, char) -> bool,
-    write: impl Fn(char, char, &mut Vec<char>),
-) -> Vec<char> {
+fn sub_pairs<T: Copy>(
+    input: &[T],
+    matches: impl Fn(T, T) -> bool,
+    write: impl Fn(T, T, &mut Vec<T>),
+) -> Vec<T> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 4 + 4);
     let mut i = 0;
     while i < input.len() {
@@ -85,20 +85,52 @@ fn sub_pairs(
 /// assert_eq!(tokenize_13a("Hello, world! It costs $3.50 &amp; more."), "Hello , world ! It costs $ 3.50 & more .");
 /// ```
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = if line.contains('\n') || line.contains("<skipped>") {
-        line.replace("<skipped>", "")
+    let mut out = String::with_capacity(line.len() + line.len() / 4);
+    for_each_13a_token(line, |tok| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(tok);
+    });
+    out
+}
+
+/// Calls `f` with each token of [`tokenize_13a`]`(line)`, in order, without building the token
+/// string: what a caller that splits the result on whitespace would see.
+pub fn for_each_13a_token(line: &str, mut f: impl FnMut(&str)) {
+    let line = unescape_13a(line);
+    if line.is_ascii() {
+        return tokens_ascii(&line, f);
+    }
+    for tok in py_split(&tokenize_chars(&line)) {
+        f(tok);
+    }
+}
+
+/// 13a's first steps: `<skipped>` and `-\n` removed, newlines made spaces, four HTML entities
+/// decoded.
+fn unescape_13a(line: &str) -> std::borrow::Cow<'_, str> {
+    let mut line = std::borrow::Cow::Borrowed(line);
+    if line.contains('\n') || line.contains("<skipped>") {
+        line = line
+            .replace("<skipped>", "")
             .replace("-\n", "")
             .replace('\n', " ")
-    } else {
-        line.to_string()
-    };
+            .into();
+    }
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
             .replace("&amp;", "&")
             .replace("&lt;", "<")
-            .replace("&gt;", ">");
+            .replace("&gt;", ">")
+            .into();
     }
+    line
+}
+
+/// The 13a regexes on `char`s, each a pass over the whole text (any text).
+fn tokenize_chars(line: &str) -> String {
     let mut chars: Vec<char> = Vec::with_capacity(line.len() * 2 + 2);
     chars.push(' ');
     for c in line.chars() {
@@ -111,33 +143,210 @@ pub fn tokenize_13a(line: &str) -> String {
     chars.push(' ');
     let is_digit = |c: char| c.is_ascii_digit();
     let is_dot_comma = |c: char| c == '.' || c == ',';
-    // ([^0-9])([\.,]) -> "\1 \2 "
     let chars = sub_pairs(
         &chars,
         |a, b| !is_digit(a) && is_dot_comma(b),
         |a, b, out| out.extend([a, ' ', b, ' ']),
     );
-    // ([\.,])([^0-9]) -> " \1 \2"
     let chars = sub_pairs(
         &chars,
         |a, b| is_dot_comma(a) && !is_digit(b),
         |a, b, out| out.extend([' ', a, ' ', b]),
     );
-    // ([0-9])(-) -> "\1 \2 "
     let chars = sub_pairs(
         &chars,
         |a, b| is_digit(a) && b == '-',
         |a, b, out| out.extend([a, ' ', b, ' ']),
     );
-    let joined: String = chars.into_iter().collect();
-    let mut out = String::with_capacity(joined.len());
-    for tok in py_split(&joined) {
-        if !out.is_empty() {
-            out.push(' ');
+    chars.into_iter().collect()
+}
+
+/// One byte stage of the 13a pipeline on ASCII text.
+trait Sink {
+    fn push(&mut self, b: u8);
+    fn finish(&mut self);
+}
+
+/// One regex substitution `(X)(Y) → …` as [`sub_pairs`] applies it (left to right, pairs not
+/// overlapping), on a stream: it holds the byte at the scan position until the next one decides
+/// whether the two form a pair.
+struct Pairs<M, W, S> {
+    pending: Option<u8>,
+    matches: M,
+    write: W,
+    next: S,
+}
+
+impl<M: Fn(u8, u8) -> bool, W: Fn(u8, u8, &mut S), S: Sink> Sink for Pairs<M, W, S> {
+    #[inline]
+    fn push(&mut self, b: u8) {
+        match self.pending.take() {
+            Some(a) if (self.matches)(a, b) => (self.write)(a, b, &mut self.next),
+            Some(a) => {
+                self.next.push(a);
+                self.pending = Some(b);
+            }
+            None => self.pending = Some(b),
         }
-        out.push_str(tok);
     }
-    out
+    fn finish(&mut self) {
+        if let Some(a) = self.pending.take() {
+            self.next.push(a);
+        }
+        self.next.finish();
+    }
+}
+
+/// The last stage: Python's `split()` on ASCII, handing each token on.
+struct Split<'a, F> {
+    token: Vec<u8>,
+    f: &'a mut F,
+}
+
+impl<F: FnMut(&str)> Split<'_, F> {
+    fn flush(&mut self) {
+        if !self.token.is_empty() {
+            // ASCII bytes are UTF-8.
+            if let Ok(t) = std::str::from_utf8(&self.token) {
+                (self.f)(t);
+            }
+            self.token.clear();
+        }
+    }
+}
+
+impl<F: FnMut(&str)> Sink for Split<'_, F> {
+    #[inline]
+    fn push(&mut self, b: u8) {
+        if matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ') {
+            self.flush();
+        } else {
+            self.token.push(b);
+        }
+    }
+    fn finish(&mut self) {
+        self.flush();
+    }
+}
+
+/// How 13a treats an ASCII byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Python whitespace: splits tokens, and takes part in no substitution as anything but a
+    /// non-digit.
+    Space,
+    /// A 13a symbol (padded with spaces), `.`, `,` or `-`: the substitutions may split here.
+    Special,
+    /// Anything else: left as it is.
+    Plain,
+}
+
+const fn classify(b: u8) -> Class {
+    match b {
+        b'\t'..=b'\r' | 0x1c..=0x1f | b' ' => Class::Space,
+        b'{'..=b'~' | b'['..=b'`' | b'!'..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/' => {
+            Class::Special
+        }
+        b'.' | b',' | b'-' => Class::Special,
+        _ => Class::Plain,
+    }
+}
+
+const CLASS: [Class; 128] = {
+    let mut t = [Class::Plain; 128];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = classify(b as u8);
+        b += 1;
+    }
+    t
+};
+
+/// 13a on ASCII text, word by word. No substitution pairs a whitespace byte with anything that
+/// changes it: `([^0-9])([\.,])` may take whitespace as its first byte but never as its second
+/// (so whitespace is never consumed before a word), and the other two never match whitespace.
+/// So each whitespace-separated word tokenizes on its own, between two spaces. A word of plain
+/// bytes is its own token; the others go through the symbol padding and the three pair
+/// substitutions as stream stages, with no intermediate text.
+fn tokens_ascii(text: &str, mut f: impl FnMut(&str)) {
+    let line = text.as_bytes();
+    let is_digit = |c: u8| c.is_ascii_digit();
+    let is_dot_comma = |c: u8| c == b'.' || c == b',';
+    let split = Split {
+        token: Vec::with_capacity(64),
+        f: &mut f,
+    };
+    // `([0-9])(-)` → `\1 \2 `
+    let dash = Pairs {
+        pending: None,
+        matches: move |a, b| is_digit(a) && b == b'-',
+        write: |a, b, s: &mut Split<'_, _>| {
+            for x in [a, b' ', b, b' '] {
+                s.push(x)
+            }
+        },
+        next: split,
+    };
+    // `([\.,])([^0-9])` → ` \1 \2`
+    let after = Pairs {
+        pending: None,
+        matches: move |a, b| is_dot_comma(a) && !is_digit(b),
+        write: |a, b, s: &mut _| {
+            for x in [b' ', a, b' ', b] {
+                Sink::push(s, x)
+            }
+        },
+        next: dash,
+    };
+    // `([^0-9])([\.,])` → `\1 \2 `
+    let mut before = Pairs {
+        pending: None,
+        matches: move |a, b| !is_digit(a) && is_dot_comma(b),
+        write: |a, b, s: &mut _| {
+            for x in [a, b' ', b, b' '] {
+                Sink::push(s, x)
+            }
+        },
+        next: after,
+    };
+    let mut i = 0;
+    let n = line.len();
+    while i < n {
+        while i < n && CLASS[line[i] as usize] == Class::Space {
+            i += 1;
+        }
+        let start = i;
+        let mut plain = true;
+        while i < n {
+            match CLASS[line[i] as usize] {
+                Class::Space => break,
+                Class::Special => plain = false,
+                Class::Plain => {}
+            }
+            i += 1;
+        }
+        if start == i {
+            break;
+        }
+        let word = &line[start..i];
+        if plain {
+            // ASCII: every byte offset is a character boundary.
+            (before.next.next.next.f)(&text[start..i]);
+            continue;
+        }
+        before.push(b' ');
+        for &c in word {
+            if c != b'.' && c != b',' && c != b'-' && CLASS[c as usize] == Class::Special {
+                before.push(b' ');
+                before.push(c);
+                before.push(b' ');
+            } else {
+                before.push(c);
+            }
+        }
+        before.push(b' ');
+        before.finish();
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +371,23 @@ mod tests {
         assert_eq!(tokenize_13a("&amp;quot; &amp;lt;"), "& quot ; <");
         assert_eq!(tokenize_13a("<skipped>end-\nline\nnext"), "endline next");
         assert_eq!(tokenize_13a(""), "");
+    }
+
+    /// The ASCII path gives exactly what the `char` path gives.
+    #[test]
+    fn ascii_path_equals_the_char_path() {
+        use proptest::prelude::*;
+        let alphabet = "ab9 0.,-&;:\n\t\x1c<>\"'()x1{}[]`~/@+=_|\\$%#!?^*";
+        let chars: Vec<char> = alphabet.chars().collect();
+        proptest!(|(idx in proptest::collection::vec(0..chars.len(), 0..40))| {
+            let text: String = idx.iter().map(|&i| chars[i]).collect();
+            // The char path, on any text.
+            let narrow = tokenize_13a(&text);
+            let wide = py_split(&tokenize_chars(&unescape_13a(&text))).collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(&narrow, &wide, "{:?}", text);
+            let mut tokens = Vec::new();
+            for_each_13a_token(&text, |t| tokens.push(t.to_string()));
+            prop_assert_eq!(tokens.join(" "), narrow);
+        });
     }
 }

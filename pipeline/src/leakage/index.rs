@@ -45,7 +45,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bleu::{BleuOptions, MAX_ORDER, Stats, compute_bleu, preprocess, py_split};
+use crate::bleu::{
+    BleuOptions, MAX_ORDER, Stats, compute_bleu, for_each_13a_token, preprocess, py_lower,
+    py_rstrip, py_split,
+};
 
 /// The id of a training token that no test prompt contains.
 pub const OOV: u32 = u32::MAX;
@@ -90,6 +93,24 @@ impl Hasher for KeyHasher {
 }
 
 type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
+
+/// xxh3 for the token strings of the vocabulary (looked up once per training token).
+#[derive(Default, Clone, Copy)]
+pub struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Vocab = HashMap<String, u32, BuildHasherDefault<TokenHasher>>;
 
 /// The key of an n-gram of ids (order 1..=4): `id + 1` in 32-bit lanes, so orders never collide;
 /// `None` when it holds an [`OOV`] token.
@@ -174,6 +195,33 @@ pub fn bigram_bound(hyp: Hypothesis, c2: u64, test_len: u64, train_len: u64) -> 
     }
 }
 
+/// Whether `text` surely has more than `max` 13a tokens, by a lower bound on its token count: its
+/// words (split on Python's whitespace, as the tokens are), less one for each `-\n` that 13a
+/// joins and two for each `<skipped>` it removes (which may also make a `-\n`). Lowercasing and
+/// the other 13a steps only split words.
+fn more_tokens_than(text: &str, max: u64) -> bool {
+    let mut words = 0u64;
+    let mut in_word = false;
+    if text.is_ascii() {
+        for &b in text.as_bytes() {
+            let ws = matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ');
+            words += u64::from(!ws && !in_word);
+            in_word = !ws;
+        }
+    } else {
+        for c in text.chars() {
+            let ws = crate::bleu::is_py_whitespace(c);
+            words += u64::from(!ws && !in_word);
+            in_word = !ws;
+        }
+    }
+    if words <= max {
+        return false;
+    }
+    let joins = text.matches("-\n").count() as u64 + 2 * text.matches("<skipped>").count() as u64;
+    words.saturating_sub(joins) > max
+}
+
 /// A pair whose score is above the threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PairHit {
@@ -235,10 +283,13 @@ pub struct LeakIndex {
     opts: BleuOptions,
     hypothesis: Hypothesis,
     threshold: f64,
-    vocab: HashMap<String, u32>,
+    vocab: Vocab,
     tests: Vec<TestEntry>,
     /// bigram → (test, count in that test)
     bigrams: KeyMap<Vec<(u32, u32)>>,
+    /// The longest document that can still reach the threshold against some test, whatever its
+    /// tokens ([`LeakIndex::max_leaking_len`]).
+    max_leaking_len: Option<u64>,
 }
 
 struct Scratch {
@@ -256,7 +307,7 @@ impl LeakIndex {
         hypothesis: Hypothesis,
         threshold: f64,
     ) -> Self {
-        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let mut vocab = Vocab::default();
         let mut entries = Vec::with_capacity(tests.len());
         let mut bigrams: KeyMap<Vec<(u32, u32)>> = KeyMap::default();
         for (t, text) in tests.iter().enumerate() {
@@ -278,13 +329,71 @@ impl LeakIndex {
                 grams: table.into_iter().collect(),
             });
         }
-        LeakIndex {
+        let mut index = LeakIndex {
             opts,
             hypothesis,
             threshold,
             vocab,
             tests: entries,
             bigrams,
+            max_leaking_len: None,
+        };
+        index.max_leaking_len = index.compute_max_leaking_len();
+        index
+    }
+
+    /// The longest document length (in tokens) at which some test can still reach the threshold,
+    /// whatever the document's tokens; `None` when no bound was found (no test, or a bound that
+    /// never falls below the threshold).
+    ///
+    /// For a document of `l` tokens and a test of `r`, the bigram bound with every possible
+    /// bigram matching (`c2 = min(l, r) - 1`) bounds the score of any document of that length
+    /// (Lemma 2 and Lemma 1 above). Beyond `l = r` that bound never grows with `l`: with the test
+    /// as hypothesis only the brevity penalty `exp(1 - l/r)` moves, and it falls; with the
+    /// document as hypothesis `c2 = r - 1` stays and every `t_n` grows. So a binary search per
+    /// test finds where its bound falls below the threshold for good.
+    pub fn max_leaking_len(&self) -> Option<u64> {
+        self.max_leaking_len
+    }
+
+    fn compute_max_leaking_len(&self) -> Option<u64> {
+        let below = |r: u64, l: u64| {
+            bigram_bound(self.hypothesis, l.min(r).saturating_sub(1), r, l) < self.threshold - SLACK
+        };
+        let mut longest = 0u64;
+        for t in &self.tests {
+            let r = t.len.max(1);
+            // The first length above `r` whose bound is below the threshold (doubling, then
+            // bisection on the non-increasing part).
+            let mut hi = r + 1;
+            while !below(r, hi) {
+                hi = hi.checked_mul(2)?;
+                if hi > 1 << 40 {
+                    return None;
+                }
+            }
+            let mut lo = r; // `lo` may still reach the threshold; `hi` cannot
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if below(r, mid) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            longest = longest.max(lo);
+        }
+        (!self.tests.is_empty()).then_some(longest)
+    }
+
+    /// The ids [`LeakIndex::search`] needs for a training text: its [`LeakIndex::tokenize`]d
+    /// ids, or none when the text is longer than [`LeakIndex::max_leaking_len`] tokens, which a
+    /// lower bound on its token count (its words, less what 13a may join) shows without
+    /// tokenizing it. An empty document matches no test.
+    pub fn search_tokens(&self, text: &str) -> Vec<u32> {
+        match self.max_leaking_len {
+            Some(max) if more_tokens_than(text, max) => Vec::new(),
+            _ => self.tokenize(text),
         }
     }
 
@@ -300,10 +409,19 @@ impl LeakIndex {
 
     /// A training text as ids of the test vocabulary ([`OOV`] for the other tokens).
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        let pre = preprocess(text, self.opts);
-        py_split(&pre)
-            .map(|tok| self.vocab.get(tok).copied().unwrap_or(OOV))
-            .collect()
+        // `preprocess`, token by token, without building the token string.
+        let lowered;
+        let text = if self.opts.lowercase {
+            lowered = py_lower(text);
+            &lowered
+        } else {
+            text
+        };
+        let mut ids = Vec::with_capacity(text.len() / 4);
+        for_each_13a_token(py_rstrip(text), |tok| {
+            ids.push(self.vocab.get(tok).copied().unwrap_or(OOV))
+        });
+        ids
     }
 
     /// Exact match counts of test `t` against a document, given the document's [`gram_table`].
@@ -598,5 +716,88 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert!(hits[0].score > 80.0);
         assert_eq!(st.exact_scored, 1);
+    }
+
+    /// The word count less 13a's joins never exceeds the token count.
+    #[test]
+    fn the_token_count_bound_is_sound() {
+        let pieces = [
+            "a",
+            "Bé",
+            "1",
+            "-",
+            "\n",
+            " ",
+            ".",
+            ",",
+            "<skipped>",
+            "\u{a0}",
+            "\u{2003}",
+            "&amp;",
+            "x-\ny",
+            "\t",
+            "İ",
+        ];
+        proptest!(|(idx in prop::collection::vec(0..pieces.len(), 0..30), lower in any::<bool>())| {
+            let text: String = idx.iter().map(|&i| pieces[i]).collect();
+            let opts = BleuOptions { lowercase: lower };
+            let tokens = py_split(&preprocess(&text, opts)).count() as u64;
+            for max in 0..tokens + 2 {
+                // Never "more" when there are not more.
+                prop_assert!(!more_tokens_than(&text, max) || tokens > max, "{:?} has {} tokens, said more than {}", text, tokens, max);
+            }
+            // And it does say so for plain words.
+            let words = text.split(crate::bleu::is_py_whitespace).filter(|w| !w.is_empty()).count() as u64;
+            if !text.contains('-') && !text.contains('<') && words > 0 {
+                prop_assert!(more_tokens_than(&text, words - 1));
+            }
+        });
+    }
+
+    /// A document longer than `max_leaking_len` cannot reach the threshold, however much of a test
+    /// it copies: the test itself padded with filler, or its words repeated.
+    #[test]
+    fn documents_past_the_length_bound_cannot_leak() {
+        let tests = [
+            "Write a short poem about the sea and the wind at night.",
+            "Explain recursion to a child",
+            "hi",
+            "List five fruits that are red , and one that is blue , in a table .",
+        ];
+        for hyp in [Hypothesis::Test, Hypothesis::Train, Hypothesis::Max] {
+            for thr in [10.0, 20.0, 45.0] {
+                let idx = LeakIndex::new(&tests, BleuOptions::default(), hyp, thr);
+                let max = idx.max_leaking_len().expect("a bound exists");
+                let mut leaked_at = 0u64;
+                for (t, text) in tests.iter().enumerate() {
+                    let words: Vec<&str> = text.split(' ').collect();
+                    for extra in 0..(max as usize + 30) {
+                        let padded = format!("{text}{}", " filler".repeat(extra));
+                        let repeated: Vec<&str> = words
+                            .iter()
+                            .cycle()
+                            .take(words.len() + extra)
+                            .copied()
+                            .collect();
+                        for doc in [padded, repeated.join(" ")] {
+                            let ids = idx.tokenize(&doc);
+                            if idx.exact_score(t, &ids) > thr {
+                                leaked_at = leaked_at.max(ids.len() as u64);
+                                assert!(
+                                    ids.len() as u64 <= max,
+                                    "{hyp:?} {thr}: {} tokens leak, bound {max}",
+                                    ids.len()
+                                );
+                            }
+                            // Past the bound in words alone, it is not even tokenized.
+                            let words = doc.split(' ').count() as u64;
+                            assert_eq!(idx.search_tokens(&doc).is_empty(), words > max);
+                        }
+                    }
+                }
+                // The bound is not vacuous: copies of the tests do leak.
+                assert!(leaked_at > 0, "{hyp:?} {thr}");
+            }
+        }
     }
 }

@@ -270,14 +270,22 @@ fn take_rows(df: &DataFrame, rows: &[u32]) -> Result<DataFrame> {
     Ok(df.take(&idx)?)
 }
 
-/// Runs the leakage filter on a conversation table against loaded test prompts.
-///
-/// The training prompt of a conversation is its first user turn; conversations without one are
-/// kept and never match. Ties between equally-scoring matches go to the earlier test prompt
-/// (decontaminate) or the earlier training row (audit).
-pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Result<Filtered> {
+/// The search behind [`filter`]: which test prompts were compared, and every (training row,
+/// test) pair that reaches the threshold.
+pub struct Matches {
+    /// Curation flags of every test prompt.
+    pub flags: Vec<PromptFlags>,
+    /// Indices (into the tests) of the prompts compared; [`PairHit::test`] indexes this.
+    pub compared: Vec<usize>,
+    pub hits: Vec<PairHit>,
+    pub stats: SearchStats,
+    pub rows_without_user_turn: u64,
+}
+
+/// Finds the leaking pairs of `df` and `tests` without building any table: the part of
+/// [`filter`] the curation stage needs.
+pub fn find_matches(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Result<Matches> {
     cfg.validate()?;
-    let start = Instant::now();
     let prompts = first_user_turns(df)?;
     let flag_cfg = FlagConfig {
         coding_threshold: cfg.coding_threshold,
@@ -303,8 +311,14 @@ pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Resu
     );
     let docs: Vec<Vec<u32>> = prompts
         .par_iter()
-        .map(|p| p.as_deref().map(|p| index.tokenize(p)).unwrap_or_default())
+        .map(|p| {
+            p.as_deref()
+                .map(|p| index.search_tokens(p))
+                .unwrap_or_default()
+        })
         .collect();
+    let rows_without_user_turn = prompts.iter().filter(|p| p.is_none()).count() as u64;
+    drop(prompts);
     let bar = indicatif::ProgressBar::new(docs.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "leakage {bar:40} {pos}/{len} training prompts ({eta})",
@@ -313,6 +327,42 @@ pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Resu
     );
     let (hits, stats) = index.search_with_progress(&docs, &|n| bar.inc(n));
     bar.finish_and_clear();
+    Ok(Matches {
+        flags,
+        compared,
+        hits,
+        stats,
+        rows_without_user_turn,
+    })
+}
+
+/// The best match per training row (decontaminate): highest score, then earliest test, as
+/// `(score, index into Matches::compared)`.
+pub fn best_per_row(hits: &[PairHit], rows: usize) -> Vec<Option<(f64, u32)>> {
+    let mut best: Vec<Option<(f64, u32)>> = vec![None; rows];
+    for h in hits {
+        let b = &mut best[h.doc as usize];
+        if b.is_none_or(|(s, t)| h.score > s || (h.score == s && h.test < t)) {
+            *b = Some((h.score, h.test));
+        }
+    }
+    best
+}
+
+/// Runs the leakage filter on a conversation table against loaded test prompts.
+///
+/// The training prompt of a conversation is its first user turn; conversations without one are
+/// kept and never match. Ties between equally-scoring matches go to the earlier test prompt
+/// (decontaminate) or the earlier training row (audit).
+pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Result<Filtered> {
+    let start = Instant::now();
+    let Matches {
+        flags,
+        compared,
+        hits,
+        stats,
+        rows_without_user_turn,
+    } = find_matches(df, tests, cfg)?;
     let ids = df.column(col::ID)?.str()?;
     let train_id = |d: u32| -> Result<String> {
         ids.get(d as usize)
@@ -335,7 +385,7 @@ pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Resu
         threshold: cfg.threshold,
         lowercase: cfg.lowercase,
         training_rows: df.height() as u64,
-        training_rows_without_user_turn: prompts.iter().filter(|p| p.is_none()).count() as u64,
+        training_rows_without_user_turn: rows_without_user_turn,
         test_prompts: tests.len() as u64,
         test_prompts_flagged_non_english: flags.iter().filter(|f| f.non_english).count() as u64,
         test_prompts_flagged_coding: flags.iter().filter(|f| f.coding).count() as u64,
@@ -346,14 +396,7 @@ pub fn filter(df: &DataFrame, tests: &[TestPrompt], cfg: &LeakageConfig) -> Resu
     let tests_df = test_table(tests, &flags)?;
     let (kept, dropped) = match cfg.direction {
         Direction::Decontaminate => {
-            // Best match per training row: highest score, then earliest test.
-            let mut best: Vec<Option<(f64, u32)>> = vec![None; df.height()];
-            for h in &hits {
-                let b = &mut best[h.doc as usize];
-                if b.is_none_or(|(s, t)| h.score > s || (h.score == s && h.test < t)) {
-                    *b = Some((h.score, h.test));
-                }
-            }
+            let best = best_per_row(&hits, df.height());
             let kept_rows: Vec<u32> = (0..df.height() as u32)
                 .filter(|&d| best[d as usize].is_none())
                 .collect();

@@ -25,15 +25,14 @@
 //! let out = Leakage::with_tests(LeakageConfig::default(), tests).unwrap().run(df).unwrap();
 //! assert_eq!(out.stats.dropped["leakage"], 1);
 //! ```
-use std::collections::HashMap;
-
 use indicatif::ProgressBar;
 use polars::prelude::*;
 
 use super::{Stage, Verdict, add_verdicts, details};
 use crate::error::{Error, Result};
-use crate::leakage::{Direction, LeakageConfig, TestPrompt, filter, load_test_sets, out_col};
-use crate::schema::col;
+use crate::leakage::{
+    Direction, LeakageConfig, TestPrompt, best_per_row, find_matches, load_test_sets,
+};
 
 /// The leakage stage.
 pub struct Leakage {
@@ -72,37 +71,25 @@ impl Stage for Leakage {
     }
 
     fn annotate_with_progress(&self, df: DataFrame, progress: &ProgressBar) -> Result<DataFrame> {
-        let out = filter(&df, &self.tests, &self.config)?;
+        // Only the matches: the stage split builds the kept and dropped tables once.
+        let m = find_matches(&df, &self.tests, &self.config)?;
         progress.inc(df.height() as u64);
-        let d = &out.dropped;
-        let ids = d.column(col::ID)?.str()?;
-        let test_ids = d.column(out_col::LEAK_TEST_ID)?.str()?;
-        let files = d.column(out_col::LEAK_TEST_FILE)?.str()?;
-        let scores = d.column(out_col::BLEU_MAX)?.f64()?;
-        let mut by_id: HashMap<&str, String> = HashMap::with_capacity(d.height());
-        for i in 0..d.height() {
-            let score = scores.get(i).unwrap_or(f64::NAN);
-            by_id.insert(
-                ids.get(i).unwrap_or(""),
-                details(&[
-                    ("test_id", test_ids.get(i).unwrap_or("").into()),
-                    ("test_file", files.get(i).unwrap_or("").into()),
-                    ("bleu", ((score * 1e4).round() / 1e4).into()),
-                ]),
-            );
-        }
-        let verdicts: Vec<Verdict> = df
-            .column(col::ID)?
-            .str()?
-            .iter()
-            .map(|id| by_id.remove(id.unwrap_or("")).map(|d| ("leakage", d)))
+        let verdicts: Vec<Verdict> = best_per_row(&m.hits, df.height())
+            .into_iter()
+            .map(|best| {
+                best.map(|(score, t)| {
+                    let test = &self.tests[m.compared[t as usize]];
+                    (
+                        "leakage",
+                        details(&[
+                            ("test_id", test.id.as_str().into()),
+                            ("test_file", test.file.as_str().into()),
+                            ("bleu", ((score * 1e4).round() / 1e4).into()),
+                        ]),
+                    )
+                })
+            })
             .collect();
-        if !by_id.is_empty() {
-            return Err(Error::Invariant(format!(
-                "leakage: {} dropped ids not found in the table (ids must be unique)",
-                by_id.len()
-            )));
-        }
         add_verdicts(df, &verdicts)
     }
 }
