@@ -143,10 +143,9 @@ pub(crate) fn check_some_rows_parse(out: &LoadOutcome) -> Result<()> {
         let read: u64 = files.iter().map(|f| f.records_read).sum();
         let bad: u64 = files.iter().map(|f| f.records_quarantined).sum();
         if read > 0 && bad == read {
-            let first = out
-                .quarantine
-                .iter()
-                .find(|q| q.source == s)
+            let entries = || out.quarantine.iter().filter(|q| q.source == s);
+            let first = entries()
+                .next()
                 .map(|q| {
                     format!(
                         "; the first: {} line {}, field `{}`: {}",
@@ -154,16 +153,21 @@ pub(crate) fn check_some_rows_parse(out: &LoadOutcome) -> Result<()> {
                     )
                 })
                 .unwrap_or_default();
+            // Records refused for their size say nothing about the format.
+            let hint = if entries().all(|q| q.field == "(record)") {
+                "Raise --max-record-bytes (LoadOptions::max_record_bytes) to load them".to_string()
+            } else {
+                format!("Is this the {} format (docs/sources.md)?", s.name())
+            };
             return Err(Error::Input(format!(
                 "every one of the {read} records of source `{}` failed to parse (files: {}){first}. \
-                 Is this the {} format (docs/sources.md)?",
+                 {hint}",
                 s.name(),
                 files
                     .iter()
                     .map(|f| f.file.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                s.name()
             )));
         }
     }

@@ -234,30 +234,34 @@ impl Curated {
 /// `composition.svg` into `dir`, and re-checks the invariant on the files written.
 pub fn write_outputs(cfg: &CurateConfig, out: &mut CurateOutput, dir: &Path) -> Result<Report> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    // The Parquet files and the JSONL export are independent: write them side by side. (The
-    // writer wants `&mut`; a DataFrame clone shares its columns, so this copies no data.)
+    // The two Parquet files and the JSONL export are independent: write all three side by side
+    // (each Parquet file is compressed on one thread, so one after the other they left a core
+    // idle). The writer wants `&mut`; a DataFrame clone shares its columns, so this copies no data.
     let mut kept = out.kept.clone();
     let dropped = &mut out.dropped;
-    let (parquet, export) = rayon::join(
-        || -> Result<()> {
-            write_parquet(dropped, &dir.join("dropped.parquet"))?;
-            write_parquet(&mut kept, &dir.join("kept.parquet"))
-        },
-        || -> Result<Option<super::export::ExportCounts>> {
-            if !cfg.export.jsonl {
-                return Ok(None);
-            }
-            Ok(Some(super::export::write_jsonl(
-                &out.kept,
-                &cfg.markers,
-                cfg.seed,
-                cfg.export.shuffle,
-                cfg.export.eval_prompts,
-                dir,
-            )?))
+    let (dropped_written, (kept_written, export)) = rayon::join(
+        || write_parquet(dropped, &dir.join("dropped.parquet")),
+        || {
+            rayon::join(
+                || write_parquet(&mut kept, &dir.join("kept.parquet")),
+                || -> Result<Option<super::export::ExportCounts>> {
+                    if !cfg.export.jsonl {
+                        return Ok(None);
+                    }
+                    Ok(Some(super::export::write_jsonl(
+                        &out.kept,
+                        &cfg.markers,
+                        cfg.seed,
+                        cfg.export.shuffle,
+                        cfg.export.eval_prompts,
+                        dir,
+                    )?))
+                },
+            )
         },
     );
-    parquet?;
+    dropped_written?;
+    kept_written?;
     let export = export?;
     // Read back the row counts of what was written (from the Parquet footers): the files, not
     // the memory, must satisfy the invariant.
