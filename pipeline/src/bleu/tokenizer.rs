@@ -10,7 +10,7 @@
 /// counts. The full list, checked against CPython 3.11 over every code point:
 /// `\t \n \v \f \r U+1C..U+1F ' ' U+85 U+A0 U+1680 U+2000..U+200A U+2028 U+2029 U+202F U+205F U+3000`.
 #[inline]
-pub fn is_py_whitespace(c: char) -> bool {
+pub const fn is_py_whitespace(c: char) -> bool {
     matches!(
         c,
         '\t'..='\r'
@@ -54,11 +54,11 @@ fn is_13a_symbol(c: char) -> bool {
 
 /// Applies a two-character pattern left to right without overlaps, as Python's `re.sub` does for
 /// a fixed-width pattern of two single-character classes.
-fn sub_pairs<T: Copy>(
-    input: &[T],
-    matches: impl Fn(T, T) -> bool,
-    write: impl Fn(T, T, &mut Vec<T>),
-) -> Vec<T> {
+fn sub_pairs(
+    input: &[char],
+    matches: impl Fn(char, char) -> bool,
+    write: impl Fn(char, char, &mut Vec<char>),
+) -> Vec<char> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 4 + 4);
     let mut i = 0;
     while i < input.len() {
@@ -218,7 +218,7 @@ impl<F: FnMut(&str)> Split<'_, F> {
 impl<F: FnMut(&str)> Sink for Split<'_, F> {
     #[inline]
     fn push(&mut self, b: u8) {
-        if matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ') {
+        if is_py_whitespace(b as char) {
             self.flush();
         } else {
             self.token.push(b);
@@ -243,7 +243,7 @@ enum Class {
 
 const fn classify(b: u8) -> Class {
     match b {
-        b'\t'..=b'\r' | 0x1c..=0x1f | b' ' => Class::Space,
+        _ if is_py_whitespace(b as char) => Class::Space,
         b'{'..=b'~' | b'['..=b'`' | b'!'..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/' => {
             Class::Special
         }

@@ -202,18 +202,10 @@ pub fn bigram_bound(hyp: Hypothesis, c2: u64, test_len: u64, train_len: u64) -> 
 fn more_tokens_than(text: &str, max: u64) -> bool {
     let mut words = 0u64;
     let mut in_word = false;
-    if text.is_ascii() {
-        for &b in text.as_bytes() {
-            let ws = matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ');
-            words += u64::from(!ws && !in_word);
-            in_word = !ws;
-        }
-    } else {
-        for c in text.chars() {
-            let ws = crate::bleu::is_py_whitespace(c);
-            words += u64::from(!ws && !in_word);
-            in_word = !ws;
-        }
+    for c in text.chars() {
+        let ws = crate::bleu::is_py_whitespace(c);
+        words += u64::from(!ws && !in_word);
+        in_word = !ws;
     }
     if words <= max {
         return false;

@@ -36,7 +36,8 @@ use std::sync::LazyLock;
 use memchr::{memchr, memchr2, memmem};
 
 /// HTML → Markdown equal to today's regex pre-pass + htmd path, or `None` where this converter
-/// is not sure to give the same bytes (the caller then takes that path).
+/// is not sure to give the same bytes (the caller then takes that path). A broken expectation of
+/// its own element stack also gives `None`, never a panic on input.
 pub fn to_markdown_fast(html: &str) -> Option<String> {
     let bytes = html.as_bytes();
     // html5ever turns `\r` and `\r\n` into `\n` and drops NUL: leave those to it.
@@ -432,7 +433,7 @@ impl<'a> Conv<'a> {
         self.pend = Pending::None;
         let tbuf = std::mem::take(&mut self.tbuf);
         let text: &str = if owned { &tbuf } else { &self.src[s..e] };
-        let f = self.stack.last_mut().expect("body frame");
+        let f = self.stack.last_mut()?;
         f.kids += 1;
         if f.kids == 1 {
             f.first_text = true;
@@ -581,7 +582,7 @@ impl<'a> Conv<'a> {
         if matches!(tag, Tag::Br | Tag::Hr) {
             return None;
         }
-        let top = self.stack.last().expect("body frame");
+        let top = self.stack.last()?;
         if top.tag != tag || top.tag == Tag::Body {
             return None;
         }
@@ -675,7 +676,7 @@ impl<'a> Conv<'a> {
 
     /// A start tag, after html5ever's tree-construction checks.
     fn open(&mut self, tag: Tag, attrs: Attrs, self_closing: bool, next: usize) -> Option<()> {
-        let top = self.stack.last().expect("body frame");
+        let top = self.stack.last()?;
         if top.pre {
             // In `pre`/`code` only highlighting spans and the code element itself.
             match tag {
@@ -718,7 +719,7 @@ impl<'a> Conv<'a> {
         let pre_class = if top_tag == Tag::Pre { top.class } else { None };
         if top_tag != Tag::Ol && tag.is_block() {
             // htmd trims the spaces that end the output before a block child.
-            let start = self.stack.last().expect("body frame").start;
+            let start = self.stack.last()?.start;
             let keep = self.out[start..].trim_end_matches(' ').len();
             self.out.truncate(start + keep);
         }
@@ -785,7 +786,7 @@ impl<'a> Conv<'a> {
     /// The end of the current element: its handler, then the append into the parent.
     fn close(&mut self) -> Option<()> {
         self.flush()?;
-        let f = self.stack.pop().expect("open element");
+        let f = self.stack.pop()?;
         let some = self.finish(&f)?;
         if !some {
             self.out.truncate(f.start);
@@ -797,7 +798,7 @@ impl<'a> Conv<'a> {
     /// nothing.
     fn finish(&mut self, f: &Frame) -> Option<bool> {
         let s = f.start;
-        let parent_tag = self.stack.last().expect("body frame").tag;
+        let parent_tag = self.stack.last()?.tag;
         let out = &mut self.out;
         match f.tag {
             Tag::Body => unreachable!("the body is never closed"),
@@ -834,7 +835,7 @@ impl<'a> Conv<'a> {
             Tag::Li => {
                 let lead = out[s..].len() - out[s..].trim_start_matches(is_doc_ws).len();
                 if parent_tag == Tag::Ol {
-                    let parent = self.stack.last_mut().expect("ol frame");
+                    let parent = self.stack.last_mut()?;
                     parent.ol_count += 1;
                     let idx = parent.ol_start + parent.ol_count - 1;
                     let width = parent.ol_width;
@@ -853,7 +854,7 @@ impl<'a> Conv<'a> {
                     }
                     buf[n] = b'.';
                     n += 1 + (1 + width - idx_len);
-                    let marker = std::str::from_utf8(&buf[..n]).expect("ascii");
+                    let marker = std::str::from_utf8(&buf[..n]).ok()?;
                     let empty = out.len() == s + lead;
                     out.replace_range(s..s + lead, "");
                     if !empty {
@@ -989,7 +990,7 @@ impl<'a> Conv<'a> {
     /// htmd's `walk_children` / `append_normalized_content` or, in `<ol>`, `join_blocks`.
     fn attach(&mut self, f: Frame, some: bool) -> Option<()> {
         let out = &mut self.out;
-        let p = self.stack.last_mut().expect("body frame");
+        let p = self.stack.last_mut()?;
         p.kids += 1;
         p.prev = Prev::Elem(f.tag, f.kids == 1 && f.first_text);
         if !some {
