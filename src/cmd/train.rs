@@ -25,6 +25,13 @@ pub struct Args {
     /// Shard the optimizer state across data-parallel workers (ZeRO-1; sets `zero1 = true`).
     #[arg(long)]
     zero1: bool,
+    /// ZeRO stage 0 to 3 across the workers (overrides `zero`): 1 shards the optimizer state,
+    /// 2 the gradients too, 3 the parameters too.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
+    zero: Option<u8>,
+    /// Activation checkpointing: recompute each layer's forward in the backward.
+    #[arg(long)]
+    checkpointing: bool,
 }
 
 struct Progress {
@@ -97,6 +104,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.zero1 {
         cfg.zero1 = true;
+    }
+    if let Some(z) = args.zero {
+        cfg.zero = z;
+    }
+    if args.checkpointing {
+        cfg.checkpointing = true;
     }
     if args.max_steps.is_some() {
         cfg.max_steps = args.max_steps;

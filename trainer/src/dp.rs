@@ -27,11 +27,13 @@
 //! assert_eq!(DeviceRequest::parse("auto").unwrap(), DeviceRequest::Auto);
 //! assert!(DeviceRequest::parse("tpu").is_err());
 //! ```
+use std::ops::Range;
+
 use koala_kernels::Backend;
 use koala_kernels::comm::{Communicator, ReduceOp, host_shard, shard_len};
 
 use crate::hparams::Hyper;
-use crate::model::Llama;
+use crate::model::{Llama, ParamHook};
 use crate::optim::AdamW;
 use crate::weights::{HostTensor, ParamSpec, Tensors};
 use crate::{Error, Result};
@@ -246,34 +248,68 @@ fn gather_into<B: Backend, C: Communicator<B>>(
     Ok(())
 }
 
-/// ZeRO-1 state of one parameter: this rank's shard of the parameter and of the summed gradient.
+/// ZeRO state of one parameter: this rank's shard of the parameter (the fp32 master that steps)
+/// and of the summed gradient (accumulated over the step's micro-batches under ZeRO-2/3).
 struct Shard<B: Backend> {
     param: B::Buf,
     grad: B::Buf,
 }
 
 /// The trainer's [`AdamW`] across a data-parallel group: the ranks' gradients are summed, clipped
-/// by their global norm and applied with the same rules as [`AdamW::update`]. With `zero1`, the
-/// moments `adam.m` / `adam.v` hold only this rank's shard of each parameter (`1/world` of the
-/// optimizer memory), each rank updates its shard and the shards are all-gathered.
+/// by their global norm and applied with the same rules as [`AdamW::update`]. The ZeRO stage says
+/// what each rank keeps whole and what only as its `1/world` shard:
+///
+/// | stage | moments `m`, `v` and fp32 master | gradients | parameters |
+/// |---|---|---|---|
+/// | 0 | whole | whole, all-reduced | whole |
+/// | 1 | shard | whole, reduce-scattered at the step | whole, all-gathered after the step |
+/// | 2 | shard | one group at a time, reduce-scattered as its backward ends | whole |
+/// | 3 | shard | as stage 2 | one group at a time, all-gathered before use |
+///
+/// Stages 2 and 3 work through the model's [`ParamHook`] ([`DpAdamW::hook`]); stage 3 is
+/// FSDP's full sharding. A group of one is stage 0 whatever is asked.
 pub struct DpAdamW<B: Backend> {
-    /// Hyperparameters, step count and moments (full, or this rank's shards with `zero1`).
+    /// Hyperparameters, step count and moments (full, or this rank's shards with ZeRO).
     pub adam: AdamW<B>,
     shards: Option<Vec<Shard<B>>>,
+    stage: u8,
+    /// Elements of each parameter (ZeRO-2/3 rebuild full buffers of these lengths).
+    lens: Vec<usize>,
+}
+
+/// What a released parameter or gradient holds: one element (some device allocators refuse zero
+/// bytes), so a read of a released group fails its length check instead of reading stale data.
+fn placeholder<B: Backend>(be: &B) -> Result<B::Buf> {
+    Ok(be.zeros(1)?)
 }
 
 impl<B: Backend> DpAdamW<B> {
     /// Fresh state for `model`'s parameters (identical on every rank), with `hyper`'s betas,
-    /// eps, weight decay and clipping. `zero1` with a group of one is the plain optimizer.
+    /// eps, weight decay and clipping, at ZeRO stage `zero` (0 to 3; see the table above). With a
+    /// group of one it is the plain optimizer. Stages 2 and 3 free the model's full gradients
+    /// (and, at 3, its full parameters) here: from now on they exist one group at a time, inside
+    /// passes given [`DpAdamW::hook`].
     pub fn new<C: Communicator<B>>(
         be: &B,
         comm: &C,
         model: &mut Llama<B>,
         hyper: &Hyper,
-        zero1: bool,
+        zero: u8,
     ) -> Result<Self> {
+        if zero > 3 {
+            return Err(Error::Invalid(format!(
+                "zero: stage {zero}; stages are 0 to 3"
+            )));
+        }
+        if zero >= 2 && model.lora().is_some() {
+            return Err(Error::Invalid(format!(
+                "zero: stage {zero} shards the model's weights and gradients, which LoRA freezes; \
+                 an adapter's state is small: use zero = 1 or 0 with [lora]"
+            )));
+        }
         let world = comm.world_size();
-        if !zero1 || world == 1 {
+        let lens: Vec<usize> = model.params.iter().map(|p| be.len(p)).collect();
+        if zero == 0 || world == 1 {
             let adam = AdamW::new(
                 be,
                 model,
@@ -283,7 +319,12 @@ impl<B: Backend> DpAdamW<B> {
                 hyper.weight_decay,
                 hyper.grad_clip,
             )?;
-            return Ok(Self { adam, shards: None });
+            return Ok(Self {
+                adam,
+                shards: None,
+                stage: 0,
+                lens,
+            });
         }
         let n = model.specs.len();
         let mut adam = AdamW {
@@ -297,7 +338,7 @@ impl<B: Backend> DpAdamW<B> {
             grad_clip: hyper.grad_clip,
         };
         let mut shards = Vec::with_capacity(n);
-        for p in &mut model.params {
+        for (p, g) in model.params.iter_mut().zip(&mut model.grads) {
             let len = be.len(p);
             let s = shard_len(len, world);
             // The shard is the one that steps: it starts from the full-precision values.
@@ -305,8 +346,15 @@ impl<B: Backend> DpAdamW<B> {
             let param = be.upload_param(&host_shard(&full, world, comm.rank()))?;
             // The full buffer is only read by the forward and overwritten by the all-gather, so
             // it needs no master copy: re-upload it plain, which frees that copy (ZeRO-1 is about
-            // not holding full-size fp32 state on every rank).
-            *p = be.upload(&full)?;
+            // not holding full-size fp32 state on every rank). Stage 3 keeps no full buffer.
+            *p = if zero == 3 {
+                placeholder(be)?
+            } else {
+                be.upload(&full)?
+            };
+            if zero >= 2 {
+                *g = placeholder(be)?;
+            }
             adam.m.push(be.zeros_f32(s)?);
             adam.v.push(be.zeros_f32(s)?);
             shards.push(Shard {
@@ -317,10 +365,32 @@ impl<B: Backend> DpAdamW<B> {
         Ok(Self {
             adam,
             shards: Some(shards),
+            stage: zero,
+            lens,
         })
     }
 
-    /// Whether the optimizer state is sharded.
+    /// The ZeRO stage in effect (0 with a group of one).
+    pub fn zero_stage(&self) -> u8 {
+        self.stage
+    }
+
+    /// The [`ParamHook`] to pass to the model's passes (through [`crate::train::local_grads`]):
+    /// under ZeRO-3 it all-gathers each group's weights before use and frees them after; under
+    /// ZeRO-2/3 it gives each group full-size gradients for the backward and reduce-scatters
+    /// them into this rank's shard as soon as the group's backward ends, then frees them. At
+    /// stages 0 and 1 it does nothing. Its calls are collectives: every rank must make the
+    /// same passes ([`Llama::idle_with`] for a rank without a micro-batch).
+    pub fn hook<'a, C: Communicator<B>>(&'a mut self, comm: &'a C) -> ShardHook<'a, B, C> {
+        ShardHook {
+            comm,
+            stage: self.stage,
+            lens: &self.lens,
+            shards: self.shards.as_deref_mut().unwrap_or(&mut []),
+        }
+    }
+
+    /// Whether the optimizer state is sharded (ZeRO stage 1 or more).
     pub fn is_zero1(&self) -> bool {
         self.shards.is_some()
     }
@@ -360,7 +430,10 @@ impl<B: Backend> DpAdamW<B> {
         let a = &mut self.adam;
         let mut ss = 0.0f64;
         for (g, sh) in model.grads.iter().zip(shards.iter_mut()) {
-            comm.reduce_scatter(be, g, &mut sh.grad, ReduceOp::Sum)?;
+            // ZeRO-2/3 reduce-scattered each group during the backward (`ShardHook`).
+            if self.stage < 2 {
+                comm.reduce_scatter(be, g, &mut sh.grad, ReduceOp::Sum)?;
+            }
             ss += be.sum_squares(&sh.grad)?;
         }
         let norm = comm.all_reduce_scalar(ss, ReduceOp::Sum)?.sqrt();
@@ -371,7 +444,10 @@ impl<B: Backend> DpAdamW<B> {
             let hp = a.params_for(&spec.shape, lr, grad_scale);
             let sh = &mut shards[i];
             be.adamw_step(&mut sh.param, &sh.grad, &mut a.m[i], &mut a.v[i], &hp)?;
-            comm.all_gather(be, &sh.param, &mut model.params[i])?;
+            // ZeRO-3 gathers each group when the next pass needs it.
+            if self.stage < 3 {
+                comm.all_gather(be, &sh.param, &mut model.params[i])?;
+            }
         }
         Ok(norm)
     }
@@ -460,6 +536,78 @@ impl<B: Backend> DpAdamW<B> {
     }
 }
 
+/// [`DpAdamW::hook`]: ZeRO-2/3's per-group collectives inside the model's passes.
+pub struct ShardHook<'a, B: Backend, C> {
+    comm: &'a C,
+    stage: u8,
+    lens: &'a [usize],
+    shards: &'a mut [Shard<B>],
+}
+
+impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
+    /// Zeroes this rank's gradient shards, which ZeRO-2/3 accumulate over a step's
+    /// micro-batches.
+    fn zero_grads(&mut self, be: &B) -> Result<()> {
+        if self.stage >= 2 {
+            for sh in self.shards.iter_mut() {
+                be.fill_zero(&mut sh.grad)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn gather(&mut self, be: &B, params: &mut [B::Buf], group: Range<usize>) -> Result<()> {
+        if self.stage < 3 {
+            return Ok(());
+        }
+        for i in group {
+            let mut full = be.zeros(self.lens[i])?;
+            self.comm.all_gather(be, &self.shards[i].param, &mut full)?;
+            params[i] = full;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, be: &B, params: &mut [B::Buf], group: Range<usize>) -> Result<()> {
+        if self.stage < 3 {
+            return Ok(());
+        }
+        for i in group {
+            params[i] = placeholder(be)?;
+        }
+        Ok(())
+    }
+
+    fn open_grads(&mut self, be: &B, grads: &mut [B::Buf], group: Range<usize>) -> Result<()> {
+        if self.stage < 2 {
+            return Ok(());
+        }
+        for i in group {
+            grads[i] = be.zeros(self.lens[i])?;
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatters the group's micro-batch gradients and adds this rank's shard to the
+    /// step's sum (`0 + x = x` exactly: with one micro-batch per rank the shard equals ZeRO-1's),
+    /// then frees the full buffers.
+    fn close_grads(&mut self, be: &B, grads: &mut [B::Buf], group: Range<usize>) -> Result<()> {
+        if self.stage < 2 {
+            return Ok(());
+        }
+        for i in group {
+            let sh = &mut self.shards[i];
+            let len = be.len(&sh.grad);
+            let mut part = be.zeros_f32(len)?;
+            self.comm
+                .reduce_scatter(be, &grads[i], &mut part, ReduceOp::Sum)?;
+            be.add_inplace(&mut sh.grad, &part, len)?;
+            grads[i] = placeholder(be)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,7 +691,7 @@ mod tests {
                         sc.spawn(move || {
                             let be = CpuBackend::with_threads(1).unwrap();
                             let mut model = Llama::from_tensors(&be, cfg.clone(), host).unwrap();
-                            let mut opt = DpAdamW::new(&be, &c, &mut model, hyper, true).unwrap();
+                            let mut opt = DpAdamW::new(&be, &c, &mut model, hyper, 1).unwrap();
                             assert!(opt.is_zero1());
                             opt.load_tensors(&be, &c, &model, moments, 7).unwrap();
                             assert_eq!(opt.step(), 7);

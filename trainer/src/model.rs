@@ -4,6 +4,8 @@
 //! Shapes, with `n = b·t` token positions: the residual stream is `[n, hidden]`; q is
 //! `[n, heads·head_dim]`, k and v `[n, kv_heads·head_dim]` (the `[b, t, heads, head_dim]` layout
 //! the attention op expects); the MLP runs at `[n, intermediate]`; logits are `[n, vocab]`.
+use std::ops::Range;
+
 use koala_kernels::{AttnShape, Backend, LoraShape};
 
 use crate::config::LlamaConfig;
@@ -129,7 +131,61 @@ pub struct Llama<B: Backend> {
     dropout_calls: u64,
     /// The seed of the current forward (the backward redraws its masks).
     call_seed: u64,
+    /// Activation checkpointing: one [`LayerActs`] for all layers, each layer's forward
+    /// recomputed from its input (`res[l]`) just before its backward.
+    checkpointing: bool,
     acts: Option<Acts<B>>,
+}
+
+/// Called by [`Llama::forward_with`], [`Llama::forward_backward_with`] and [`Llama::idle_with`]
+/// around each group of parameters, as ranges of [`Llama::params`] (and of [`Llama::grads`]):
+/// the embedding `0..1`, each layer's nine tensors, and the final norm with the LM head.
+///
+/// The order is fixed by the model, the same on every data-parallel rank, so an implementation
+/// may run collectives in it (ZeRO-3: [`crate::dp::DpAdamW::hook`]):
+/// - forward: `gather(embedding)`, `release(embedding)` (kept when tied), then per layer
+///   `gather`, `release`, and `gather(norm, head)`;
+/// - backward: `open_grads(norm, head)` (and the tied embedding), `close_grads(norm, head)`,
+///   `release(norm, head)` (and the tied embedding), then per layer from the top `gather`,
+///   `open_grads`, `close_grads`, `release`, and last `open_grads(embedding)` (unless tied),
+///   `close_grads(embedding)`.
+///
+/// Under LoRA no hook is called (the trainable set is the adapter, held whole on every rank).
+/// Every method defaults to doing nothing ([`NoHook`]).
+pub trait ParamHook<B: Backend> {
+    /// At the start of a step's gradient accumulation, beside [`Llama::zero_grads`]: gradients
+    /// the hook keeps outside the model are zeroed.
+    fn zero_grads(&mut self, _be: &B) -> Result<()> {
+        Ok(())
+    }
+    /// Before `params[group]` are read: they must hold the full weights afterwards.
+    fn gather(&mut self, _be: &B, _params: &mut [B::Buf], _group: Range<usize>) -> Result<()> {
+        Ok(())
+    }
+    /// After the last read of `params[group]` in this pass: they may be freed.
+    fn release(&mut self, _be: &B, _params: &mut [B::Buf], _group: Range<usize>) -> Result<()> {
+        Ok(())
+    }
+    /// Before the backward accumulates into `grads[group]`: they must be full-size buffers,
+    /// holding what is to be accumulated onto (zero, unless kept from an earlier micro-batch).
+    fn open_grads(&mut self, _be: &B, _grads: &mut [B::Buf], _group: Range<usize>) -> Result<()> {
+        Ok(())
+    }
+    /// After the backward of this micro-batch has written its last gradient into `grads[group]`.
+    fn close_grads(&mut self, _be: &B, _grads: &mut [B::Buf], _group: Range<usize>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The [`ParamHook`] that does nothing: every parameter and gradient stays whole in the model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHook;
+
+impl<B: Backend> ParamHook<B> for NoHook {}
+
+fn acts_mut<B: Backend>(acts: &mut Option<Acts<B>>) -> Result<&mut Acts<B>> {
+    acts.as_mut()
+        .ok_or_else(|| Error::Invalid("activations not allocated".into()))
 }
 
 /// Where each adapter sits in [`Llama::params`].
@@ -167,7 +223,32 @@ struct Linear<'a, B: Backend> {
     seed: u64,
 }
 
-impl<B: Backend> Linear<'_, B> {
+impl<'a, B: Backend> Linear<'a, B> {
+    /// The view of a model's weights: `params` are the weights in full fine-tuning; under LoRA
+    /// the weights are `frozen` and `params` the adapters. Dropout only in training mode.
+    fn new(
+        be: &'a B,
+        params: &'a [B::Buf],
+        frozen: Option<&'a [B::Buf]>,
+        lora: Option<&'a LoraLayout>,
+        train_mode: bool,
+        seed: u64,
+        n: usize,
+    ) -> Self {
+        Linear {
+            be,
+            base: frozen.unwrap_or(params),
+            adapters: params,
+            lora,
+            n,
+            dropout: match lora {
+                Some(lo) if train_mode => lo.cfg.dropout,
+                _ => 0.0,
+            },
+            seed,
+        }
+    }
+
     fn shape(&self, lc: &LoraConfig, l: usize, slot: usize, ic: usize, oc: usize) -> LoraShape {
         LoraShape {
             n: self.n,
@@ -281,6 +362,7 @@ impl<B: Backend> Llama<B> {
             dropout_seed: 0,
             dropout_calls: 0,
             call_seed: 0,
+            checkpointing: false,
             acts: None,
         })
     }
@@ -345,6 +427,7 @@ impl<B: Backend> Llama<B> {
             dropout_seed: 0,
             dropout_calls: 0,
             call_seed: 0,
+            checkpointing: false,
             acts: None,
         })
     }
@@ -435,6 +518,38 @@ impl<B: Backend> Llama<B> {
         1 + self.cfg.num_hidden_layers * PER_LAYER
     }
 
+    /// Layer `l`'s tensors in [`Llama::params`] (full fine-tuning), a [`ParamHook`] group.
+    fn layer_group(&self, l: usize) -> Range<usize> {
+        let w = 1 + l * PER_LAYER;
+        w..w + PER_LAYER
+    }
+
+    /// The final norm and, unless tied to the embedding, the LM head: a [`ParamHook`] group.
+    fn tail_group(&self) -> Range<usize> {
+        let n = self.norm_index();
+        if self.cfg.tie_word_embeddings {
+            n..n + 1
+        } else {
+            n..n + 2
+        }
+    }
+
+    /// Turns activation checkpointing on or off: with it the forward keeps only each layer's
+    /// input (`L + 1` residual-stream tensors) and one layer's activations, and the backward
+    /// recomputes each layer's forward from its input before its backward; the gradients are
+    /// bit-identical, for about one more forward of compute.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        if self.checkpointing != on {
+            self.checkpointing = on;
+            self.acts = None;
+        }
+    }
+
+    /// Whether activation checkpointing is on.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
     fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
         AttnShape {
             b,
@@ -464,12 +579,23 @@ impl<B: Backend> Llama<B> {
         );
         let z = |len: usize| be.zeros(len);
         let lora = self.lora.as_ref();
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
+        // Under checkpointing one LayerActs serves every layer: it has an adapter slot where
+        // any layer has one.
+        let nl = cfg.num_hidden_layers;
+        let kept = if self.checkpointing { 1 } else { nl };
+        let adapted = |l: usize, slot: usize, lo: &LoraLayout| {
+            if self.checkpointing {
+                (0..nl).any(|ll| lo.a(ll, slot).is_some())
+            } else {
+                lo.a(l, slot).is_some()
+            }
+        };
+        let mut layers = Vec::with_capacity(kept);
+        for l in 0..kept {
             let mut xa = Vec::with_capacity(PER_LAYER);
             for slot in 0..PER_LAYER {
-                xa.push(match lora.and_then(|lo| lo.a(l, slot).map(|_| lo.cfg.r)) {
-                    Some(r) => Some(z(n * r)?),
+                xa.push(match lora.filter(|lo| adapted(l, slot, lo)) {
+                    Some(lo) => Some(z(n * lo.cfg.r)?),
                     None => None,
                 });
             }
@@ -525,36 +651,134 @@ impl<B: Backend> Llama<B> {
 
     /// Runs the forward pass; the logits stay on the backend (see [`Llama::logits`]).
     pub fn forward(&mut self, be: &B, inp: &Inputs<B>) -> Result<()> {
-        self.ensure_acts(be, inp.b, inp.t)?;
-        self.call_seed = mix(self.dropout_seed, self.dropout_calls);
-        self.dropout_calls += 1;
-        let shape = self.attn_shape(inp.b, inp.t);
+        self.forward_with(be, inp, &mut NoHook)
+    }
+
+    /// [`Llama::forward`] with `hook` called around each parameter group (ZeRO-3 gathers a
+    /// group's weights before it and frees them after it). Every group is released at the end.
+    pub fn forward_with(
+        &mut self,
+        be: &B,
+        inp: &Inputs<B>,
+        hook: &mut dyn ParamHook<B>,
+    ) -> Result<()> {
+        self.forward_pass(be, Some(inp), hook)?;
+        self.release_tail(be, hook)
+    }
+
+    /// The forward over the groups, each wrapped in `hook.gather` / `hook.release`; the final
+    /// norm and LM head (and the tied embedding) stay gathered for the backward. Without `inp`
+    /// only the hook calls are made (see [`Llama::idle_with`]).
+    fn forward_pass(
+        &mut self,
+        be: &B,
+        inp: Option<&Inputs<B>>,
+        hook: &mut dyn ParamHook<B>,
+    ) -> Result<()> {
+        let hooked = self.lora.is_none();
+        let tied = self.cfg.tie_word_embeddings;
+        if let Some(inp) = inp {
+            self.ensure_acts(be, inp.b, inp.t)?;
+            self.call_seed = mix(self.dropout_seed, self.dropout_calls);
+            self.dropout_calls += 1;
+        }
+        if hooked {
+            hook.gather(be, &mut self.params, 0..1)?;
+        }
+        if let Some(inp) = inp {
+            let c = self.cfg.hidden_size;
+            let p = self.frozen.as_deref().unwrap_or(&self.params);
+            let a = acts_mut(&mut self.acts)?;
+            be.embedding_fwd(&mut a.res[0], &inp.ids, &p[0], inp.b * inp.t, c)?;
+        }
+        if hooked && !tied {
+            hook.release(be, &mut self.params, 0..1)?;
+        }
+        for l in 0..self.cfg.num_hidden_layers {
+            let group = self.layer_group(l);
+            if hooked {
+                hook.gather(be, &mut self.params, group.clone())?;
+            }
+            if let Some(inp) = inp {
+                self.layer_fwd(be, inp, l)?;
+            }
+            if hooked {
+                hook.release(be, &mut self.params, group)?;
+            }
+        }
+        if hooked {
+            let tail = self.tail_group();
+            hook.gather(be, &mut self.params, tail)?;
+        }
+        let Some(inp) = inp else { return Ok(()) };
         let (norm_i, head_i) = (self.norm_index(), self.lm_head_index());
         let cfg = &self.cfg;
+        let (n, c, v) = (inp.b * inp.t, cfg.hidden_size, cfg.vocab_size);
         let p = self.frozen.as_deref().unwrap_or(&self.params);
-        let n = inp.b * inp.t;
-        let lin = Linear {
-            be,
-            base: p,
-            adapters: &self.params,
-            lora: self.lora.as_ref(),
+        let a = acts_mut(&mut self.acts)?;
+        let last = &a.res[cfg.num_hidden_layers];
+        be.rmsnorm_fwd(
+            &mut a.h_f,
+            &mut a.rstd_f,
+            last,
+            &p[norm_i],
             n,
-            dropout: match &self.lora {
-                Some(lo) if self.train_mode => lo.cfg.dropout,
-                _ => 0.0,
-            },
-            seed: self.call_seed,
-        };
-        let a = self
-            .acts
-            .as_mut()
-            .ok_or_else(|| Error::Invalid("activations not allocated".into()))?;
-        let (c, q, kv, im, v) = (
+            c,
+            cfg.rms_norm_eps,
+        )?;
+        be.matmul_fwd(&mut a.logits, &a.h_f, &p[head_i], n, c, v)?;
+        Ok(())
+    }
+
+    /// Releases what [`Llama::forward_pass`] left gathered.
+    fn release_tail(&mut self, be: &B, hook: &mut dyn ParamHook<B>) -> Result<()> {
+        if self.lora.is_some() {
+            return Ok(());
+        }
+        let tail = self.tail_group();
+        hook.release(be, &mut self.params, tail)?;
+        if self.cfg.tie_word_embeddings {
+            hook.release(be, &mut self.params, 0..1)?;
+        }
+        Ok(())
+    }
+
+    /// Forward of layer `l`, from `res[l]` into `res[l + 1]`, keeping its activations in its
+    /// [`LayerActs`] (the one shared slot under checkpointing).
+    fn layer_fwd(&mut self, be: &B, inp: &Inputs<B>, l: usize) -> Result<()> {
+        let shape = self.attn_shape(inp.b, inp.t);
+        let slot = if self.checkpointing { 0 } else { l };
+        let (train_mode, seed) = (self.train_mode, self.call_seed);
+        let Llama {
+            cfg,
+            params,
+            frozen,
+            lora,
+            acts,
+            ..
+        } = self;
+        let n = inp.b * inp.t;
+        let lin = Linear::new(
+            be,
+            params,
+            frozen.as_deref(),
+            lora.as_ref(),
+            train_mode,
+            seed,
+            n,
+        );
+        let Acts {
+            res,
+            layers,
+            scratch_c,
+            lora_scratch: sc,
+            ..
+        } = acts_mut(acts)?;
+        let (c, q, kv, im) = (
             cfg.hidden_size,
             cfg.q_dim(),
             cfg.kv_dim(),
             cfg.intermediate_size,
-            cfg.vocab_size,
         );
         let (h, kvh, hd, theta, eps) = (
             cfg.num_attention_heads,
@@ -563,39 +787,34 @@ impl<B: Backend> Llama<B> {
             cfg.rope_theta,
             cfg.rms_norm_eps,
         );
-        be.embedding_fwd(&mut a.res[0], &inp.ids, &p[0], n, c)?;
-        for (l, la) in a.layers.iter_mut().enumerate() {
-            let w = 1 + l * PER_LAYER;
-            let (lo, hi) = a.res.split_at_mut(l + 1);
-            let (x, x_next) = (&lo[l], &mut hi[0]);
-            let sc = &mut a.lora_scratch;
-            be.rmsnorm_fwd(&mut la.h1, &mut la.rstd1, x, &p[w], n, c, eps)?;
-            lin.fwd(l, 1, &mut la.q, &la.h1, (c, q), &mut la.xa, sc)?;
-            lin.fwd(l, 2, &mut la.k, &la.h1, (c, kv), &mut la.xa, sc)?;
-            lin.fwd(l, 3, &mut la.v, &la.h1, (c, kv), &mut la.xa, sc)?;
-            be.rope_fwd(&mut la.q, &inp.positions, n, h, hd, theta)?;
-            be.rope_fwd(&mut la.k, &inp.positions, n, kvh, hd, theta)?;
-            be.attention_fwd(
-                &mut la.att,
-                &mut la.lse,
-                &la.q,
-                &la.k,
-                &la.v,
-                &inp.segment_ids,
-                shape,
-            )?;
-            lin.fwd(l, 4, &mut a.scratch_c, &la.att, (q, c), &mut la.xa, sc)?;
-            be.add_fwd(&mut la.x_mid, x, &a.scratch_c, n * c)?;
-            be.rmsnorm_fwd(&mut la.h2, &mut la.rstd2, &la.x_mid, &p[w + 5], n, c, eps)?;
-            lin.fwd(l, 6, &mut la.gate, &la.h2, (c, im), &mut la.xa, sc)?;
-            lin.fwd(l, 7, &mut la.up, &la.h2, (c, im), &mut la.xa, sc)?;
-            be.swiglu_fwd(&mut la.act, &la.gate, &la.up, n * im)?;
-            lin.fwd(l, 8, &mut a.scratch_c, &la.act, (im, c), &mut la.xa, sc)?;
-            be.add_fwd(x_next, &la.x_mid, &a.scratch_c, n * c)?;
-        }
-        let last = &a.res[cfg.num_hidden_layers];
-        be.rmsnorm_fwd(&mut a.h_f, &mut a.rstd_f, last, &p[norm_i], n, c, eps)?;
-        be.matmul_fwd(&mut a.logits, &a.h_f, &p[head_i], n, c, v)?;
+        let p = lin.base;
+        let w = 1 + l * PER_LAYER;
+        let la = &mut layers[slot];
+        let (lo, hi) = res.split_at_mut(l + 1);
+        let (x, x_next) = (&lo[l], &mut hi[0]);
+        be.rmsnorm_fwd(&mut la.h1, &mut la.rstd1, x, &p[w], n, c, eps)?;
+        lin.fwd(l, 1, &mut la.q, &la.h1, (c, q), &mut la.xa, sc)?;
+        lin.fwd(l, 2, &mut la.k, &la.h1, (c, kv), &mut la.xa, sc)?;
+        lin.fwd(l, 3, &mut la.v, &la.h1, (c, kv), &mut la.xa, sc)?;
+        be.rope_fwd(&mut la.q, &inp.positions, n, h, hd, theta)?;
+        be.rope_fwd(&mut la.k, &inp.positions, n, kvh, hd, theta)?;
+        be.attention_fwd(
+            &mut la.att,
+            &mut la.lse,
+            &la.q,
+            &la.k,
+            &la.v,
+            &inp.segment_ids,
+            shape,
+        )?;
+        lin.fwd(l, 4, scratch_c, &la.att, (q, c), &mut la.xa, sc)?;
+        be.add_fwd(&mut la.x_mid, x, scratch_c, n * c)?;
+        be.rmsnorm_fwd(&mut la.h2, &mut la.rstd2, &la.x_mid, &p[w + 5], n, c, eps)?;
+        lin.fwd(l, 6, &mut la.gate, &la.h2, (c, im), &mut la.xa, sc)?;
+        lin.fwd(l, 7, &mut la.up, &la.h2, (c, im), &mut la.xa, sc)?;
+        be.swiglu_fwd(&mut la.act, &la.gate, &la.up, n * im)?;
+        lin.fwd(l, 8, scratch_c, &la.act, (im, c), &mut la.xa, sc)?;
+        be.add_fwd(x_next, &la.x_mid, scratch_c, n * c)?;
         Ok(())
     }
 
@@ -633,6 +852,20 @@ impl<B: Backend> Llama<B> {
         targets: &B::Ids,
         weights: &[f32],
     ) -> Result<f64> {
+        self.forward_backward_with(be, inp, targets, weights, &mut NoHook)
+    }
+
+    /// [`Llama::forward_backward`] with `hook` called around each parameter group: before a
+    /// group's weights are read and after their last use, and around each group's gradients in
+    /// the backward (ZeRO-2/3 reduce-scatter a group's gradients as soon as they are complete).
+    pub fn forward_backward_with(
+        &mut self,
+        be: &B,
+        inp: &Inputs<B>,
+        targets: &B::Ids,
+        weights: &[f32],
+        hook: &mut dyn ParamHook<B>,
+    ) -> Result<f64> {
         let n = inp.b * inp.t;
         if weights.len() != n {
             return Err(Error::Invalid(format!(
@@ -640,15 +873,12 @@ impl<B: Backend> Llama<B> {
                 weights.len()
             )));
         }
-        self.forward(be, inp)?;
+        self.forward_pass(be, Some(inp), hook)?;
         let v = self.cfg.vocab_size;
         // fp32 on every backend: in bf16, `1/count` would be rounded to 8 bits.
         let wbuf = be.upload_f32(weights)?;
         let losses = {
-            let a = self
-                .acts
-                .as_mut()
-                .ok_or_else(|| Error::Invalid("activations not allocated".into()))?;
+            let a = acts_mut(&mut self.acts)?;
             be.cross_entropy_fwd_bwd(&mut a.logits, &mut a.losses, targets, &wbuf, n, v)?;
             be.download(&a.losses)?
         };
@@ -657,51 +887,97 @@ impl<B: Backend> Llama<B> {
             .zip(weights)
             .map(|(&l, &w)| l as f64 * w as f64)
             .sum();
-        self.backward(be, inp)?;
+        self.backward_pass(be, Some(inp), hook)?;
         Ok(loss)
     }
 
-    /// Backward from the dlogits left in the logits buffer by the fused cross-entropy. Under
-    /// LoRA the frozen weights get no gradient (their matmuls compute only the input gradient),
-    /// and nothing below layer 0's projections is computed (no trainable parameter is there).
-    fn backward(&mut self, be: &B, inp: &Inputs<B>) -> Result<()> {
-        let shape = self.attn_shape(inp.b, inp.t);
+    /// Exactly the `hook` calls of one [`Llama::forward_backward_with`], with no computation: a
+    /// data-parallel rank that has no micro-batch in this round still takes part in ZeRO-2/3's
+    /// collectives, contributing zero gradients.
+    pub fn idle_with(&mut self, be: &B, hook: &mut dyn ParamHook<B>) -> Result<()> {
+        self.forward_pass(be, None, hook)?;
+        self.backward_pass(be, None, hook)
+    }
+
+    /// Backward from the dlogits left in the logits buffer by the fused cross-entropy, group by
+    /// group from the head down, each group's gradients opened and closed through `hook`. Under
+    /// checkpointing each layer's forward is recomputed from its input first. Without `inp`
+    /// only the hook calls are made.
+    fn backward_pass(
+        &mut self,
+        be: &B,
+        inp: Option<&Inputs<B>>,
+        hook: &mut dyn ParamHook<B>,
+    ) -> Result<()> {
+        let hooked = self.lora.is_none();
+        let tied = self.cfg.tie_word_embeddings;
+        let tail = self.tail_group();
+        if hooked {
+            hook.open_grads(be, &mut self.grads, tail.clone())?;
+            if tied {
+                hook.open_grads(be, &mut self.grads, 0..1)?;
+            }
+        }
+        if let Some(inp) = inp {
+            self.head_bwd(be, inp)?;
+        }
+        if hooked {
+            hook.close_grads(be, &mut self.grads, tail)?;
+            self.release_tail(be, hook)?;
+        }
+        for l in (0..self.cfg.num_hidden_layers).rev() {
+            let group = self.layer_group(l);
+            if hooked {
+                hook.gather(be, &mut self.params, group.clone())?;
+                hook.open_grads(be, &mut self.grads, group.clone())?;
+            }
+            let mut below = true;
+            if let Some(inp) = inp {
+                if self.checkpointing {
+                    self.layer_fwd(be, inp, l)?;
+                }
+                below = self.layer_bwd(be, inp, l)?;
+            }
+            if hooked {
+                hook.close_grads(be, &mut self.grads, group.clone())?;
+                hook.release(be, &mut self.params, group)?;
+            }
+            if !below {
+                break;
+            }
+        }
+        if hooked && !tied {
+            hook.open_grads(be, &mut self.grads, 0..1)?;
+        }
+        if let Some(inp) = inp
+            && self.frozen.is_none()
+        {
+            let a = acts_mut(&mut self.acts)?;
+            let (n, c) = (inp.b * inp.t, self.cfg.hidden_size);
+            be.embedding_bwd(&mut self.grads[0], &a.dres, &inp.ids, n, c)?;
+        }
+        if hooked {
+            hook.close_grads(be, &mut self.grads, 0..1)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of the LM head and the final norm, into `dres`. Under LoRA the frozen weights
+    /// get no gradient (their matmuls compute only the input gradient).
+    fn head_bwd(&mut self, be: &B, inp: &Inputs<B>) -> Result<()> {
         let (norm_i, head_i) = (self.norm_index(), self.lm_head_index());
-        let cfg = &self.cfg;
-        let p = self.frozen.as_deref().unwrap_or(&self.params);
         let frozen = self.frozen.is_some();
-        let g = &mut self.grads;
-        let n = inp.b * inp.t;
-        let lin = Linear {
-            be,
-            base: p,
-            adapters: &self.params,
-            lora: self.lora.as_ref(),
-            n,
-            dropout: match &self.lora {
-                Some(lo) if self.train_mode => lo.cfg.dropout,
-                _ => 0.0,
-            },
-            seed: self.call_seed,
-        };
-        let a = self
-            .acts
-            .as_mut()
-            .ok_or_else(|| Error::Invalid("activations not allocated".into()))?;
-        let (c, q, kv, im, v) = (
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-            cfg.vocab_size,
-        );
-        let (h, kvh, hd, theta) = (
-            cfg.num_attention_heads,
-            cfg.n_kv_heads(),
-            cfg.head_dim(),
-            cfg.rope_theta,
-        );
-        let nl = cfg.num_hidden_layers;
+        let Llama {
+            cfg,
+            params,
+            grads: g,
+            frozen: base,
+            acts,
+            ..
+        } = self;
+        let p = base.as_deref().unwrap_or(params);
+        let a = acts_mut(acts)?;
+        let (n, c, v) = (inp.b * inp.t, cfg.hidden_size, cfg.vocab_size);
         if frozen {
             be.matmul_bwd_data(&mut a.dh, &a.logits, &p[head_i], n, c, v)?;
         } else {
@@ -721,157 +997,191 @@ impl<B: Backend> Llama<B> {
         } else {
             &mut g[norm_i]
         };
+        let last = &a.res[cfg.num_hidden_layers];
+        be.rmsnorm_bwd(&mut a.dres, dnorm, &a.dh, last, &p[norm_i], &a.rstd_f, n, c)?;
+        Ok(())
+    }
+
+    /// Backward of layer `l` from `dres` (the gradient at `res[l + 1]`) to the gradient at
+    /// `res[l]`, from the activations in its [`LayerActs`]. Returns whether the layers below
+    /// need the gradient: under LoRA nothing below layer 0's q/k/v projections is trainable, so
+    /// their input gradient (and the norm and embedding backward after it) is skipped.
+    fn layer_bwd(&mut self, be: &B, inp: &Inputs<B>, l: usize) -> Result<bool> {
+        let shape = self.attn_shape(inp.b, inp.t);
+        let slot = if self.checkpointing { 0 } else { l };
+        let (train_mode, seed) = (self.train_mode, self.call_seed);
+        let Llama {
+            cfg,
+            params,
+            grads: g,
+            frozen,
+            lora,
+            acts,
+            ..
+        } = self;
+        let n = inp.b * inp.t;
+        let is_frozen = frozen.is_some();
+        let lin = Linear::new(
+            be,
+            params,
+            frozen.as_deref(),
+            lora.as_ref(),
+            train_mode,
+            seed,
+            n,
+        );
+        let p = lin.base;
+        let a = acts_mut(acts)?;
+        let (c, q, kv, im) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
+        let (h, kvh, hd, theta) = (
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+            cfg.rope_theta,
+        );
+        let la = &a.layers[slot];
+        let w = 1 + l * PER_LAYER;
+        let (dxa, sc) = (&mut a.lora_dxa, &mut a.lora_scratch);
+        // res[l+1] = x_mid + down(act)
+        lin.bwd(
+            l,
+            8,
+            Some(&mut a.dact),
+            g,
+            &a.dres,
+            &la.act,
+            (im, c),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        be.swiglu_bwd(&mut a.dgate, &mut a.dup, &a.dact, &la.gate, &la.up, n * im)?;
+        lin.bwd(
+            l,
+            6,
+            Some(&mut a.dh),
+            g,
+            &a.dgate,
+            &la.h2,
+            (c, im),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        lin.bwd(
+            l,
+            7,
+            Some(&mut a.dtmp),
+            g,
+            &a.dup,
+            &la.h2,
+            (c, im),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
+        let dnorm = if is_frozen {
+            &mut a.norm_sink
+        } else {
+            &mut g[w + 5]
+        };
         be.rmsnorm_bwd(
-            &mut a.dres,
+            &mut a.dtmp,
             dnorm,
             &a.dh,
-            &a.res[nl],
-            &p[norm_i],
-            &a.rstd_f,
+            &la.x_mid,
+            &p[w + 5],
+            &la.rstd2,
             n,
             c,
         )?;
-        for l in (0..nl).rev() {
-            let la = &a.layers[l];
-            let w = 1 + l * PER_LAYER;
-            let (dxa, sc) = (&mut a.lora_dxa, &mut a.lora_scratch);
-            // res[l+1] = x_mid + down(act)
-            lin.bwd(
-                l,
-                8,
-                Some(&mut a.dact),
-                g,
-                &a.dres,
-                &la.act,
-                (im, c),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            be.swiglu_bwd(&mut a.dgate, &mut a.dup, &a.dact, &la.gate, &la.up, n * im)?;
-            lin.bwd(
-                l,
-                6,
-                Some(&mut a.dh),
-                g,
-                &a.dgate,
-                &la.h2,
-                (c, im),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            lin.bwd(
-                l,
-                7,
-                Some(&mut a.dtmp),
-                g,
-                &a.dup,
-                &la.h2,
-                (c, im),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
+        be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
+        // x_mid = res[l] + o_proj(att)
+        lin.bwd(
+            l,
+            4,
+            Some(&mut a.datt),
+            g,
+            &a.dres,
+            &la.att,
+            (q, c),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        be.attention_bwd(
+            &mut a.dq,
+            &mut a.dk,
+            &mut a.dv,
+            &a.datt,
+            &la.q,
+            &la.k,
+            &la.v,
+            &la.att,
+            &la.lse,
+            &inp.segment_ids,
+            shape,
+        )?;
+        be.rope_bwd(&mut a.dq, &inp.positions, n, h, hd, theta)?;
+        be.rope_bwd(&mut a.dk, &inp.positions, n, kvh, hd, theta)?;
+        let below = !(is_frozen && l == 0);
+        lin.bwd(
+            l,
+            1,
+            below.then_some(&mut a.dh),
+            g,
+            &a.dq,
+            &la.h1,
+            (c, q),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        lin.bwd(
+            l,
+            2,
+            below.then_some(&mut a.dtmp),
+            g,
+            &a.dk,
+            &la.h1,
+            (c, kv),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        if below {
             be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
-            let dnorm = if frozen {
-                &mut a.norm_sink
-            } else {
-                &mut g[w + 5]
-            };
-            be.rmsnorm_bwd(
-                &mut a.dtmp,
-                dnorm,
-                &a.dh,
-                &la.x_mid,
-                &p[w + 5],
-                &la.rstd2,
-                n,
-                c,
-            )?;
-            be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
-            // x_mid = res[l] + o_proj(att)
-            lin.bwd(
-                l,
-                4,
-                Some(&mut a.datt),
-                g,
-                &a.dres,
-                &la.att,
-                (q, c),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            be.attention_bwd(
-                &mut a.dq,
-                &mut a.dk,
-                &mut a.dv,
-                &a.datt,
-                &la.q,
-                &la.k,
-                &la.v,
-                &la.att,
-                &la.lse,
-                &inp.segment_ids,
-                shape,
-            )?;
-            be.rope_bwd(&mut a.dq, &inp.positions, n, h, hd, theta)?;
-            be.rope_bwd(&mut a.dk, &inp.positions, n, kvh, hd, theta)?;
-            // Under LoRA nothing below layer 0's q/k/v projections is trainable: their input
-            // gradient (and the norm and embedding backward after it) is not needed.
-            let below = !(frozen && l == 0);
-            lin.bwd(
-                l,
-                1,
-                below.then_some(&mut a.dh),
-                g,
-                &a.dq,
-                &la.h1,
-                (c, q),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            lin.bwd(
-                l,
-                2,
-                below.then_some(&mut a.dtmp),
-                g,
-                &a.dk,
-                &la.h1,
-                (c, kv),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            if below {
-                be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
-            }
-            lin.bwd(
-                l,
-                3,
-                below.then_some(&mut a.dtmp),
-                g,
-                &a.dv,
-                &la.h1,
-                (c, kv),
-                &la.xa,
-                dxa,
-                sc,
-            )?;
-            if !below {
-                break;
-            }
-            be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
-            let dnorm = if frozen { &mut a.norm_sink } else { &mut g[w] };
-            be.rmsnorm_bwd(&mut a.dtmp, dnorm, &a.dh, &a.res[l], &p[w], &la.rstd1, n, c)?;
-            be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
         }
-        if !frozen {
-            be.embedding_bwd(&mut g[0], &a.dres, &inp.ids, n, c)?;
+        lin.bwd(
+            l,
+            3,
+            below.then_some(&mut a.dtmp),
+            g,
+            &a.dv,
+            &la.h1,
+            (c, kv),
+            &la.xa,
+            dxa,
+            sc,
+        )?;
+        if !below {
+            return Ok(false);
         }
-        Ok(())
+        be.add_inplace(&mut a.dh, &a.dtmp, n * c)?;
+        let dnorm = if is_frozen {
+            &mut a.norm_sink
+        } else {
+            &mut g[w]
+        };
+        be.rmsnorm_bwd(&mut a.dtmp, dnorm, &a.dh, &a.res[l], &p[w], &la.rstd1, n, c)?;
+        be.add_inplace(&mut a.dres, &a.dtmp, n * c)?;
+        Ok(true)
     }
 
     /// Drops the cached activations (frees memory between phases).

@@ -16,7 +16,7 @@ use crate::data::{Batch, Dataset, Loader, LoaderPosition, Row};
 use crate::dp::{self, DpAdamW, Plan, Solo};
 use crate::hparams::{Hyper, LossMode};
 use crate::lora::{self, LoraConfig};
-use crate::model::{Inputs, Llama};
+use crate::model::{Inputs, Llama, NoHook, ParamHook};
 use crate::optim::AdamW;
 use crate::weights::{self, Tensors};
 use crate::{Error, Result};
@@ -75,6 +75,16 @@ pub struct TrainConfig {
     /// Checkpoints keep the single-worker format either way.
     #[serde(default)]
     pub zero1: bool,
+    /// ZeRO stage 0 to 3 across the workers ([`crate::dp::DpAdamW`]): 1 shards the optimizer
+    /// state, 2 the gradients too, 3 the parameters too (FSDP's full sharding; full
+    /// fine-tuning only). `zero1 = true` means at least 1. No effect with one worker.
+    #[serde(default)]
+    pub zero: u8,
+    /// Activation checkpointing: keep each layer's input only and recompute the layer's
+    /// forward in the backward (one layer's activations instead of all of them; the gradients
+    /// are bit-identical).
+    #[serde(default)]
+    pub checkpointing: bool,
     /// Train a LoRA adapter instead of the whole model (a `[lora]` table; see
     /// [`crate::lora::LoraConfig`] for its keys and defaults). `model` must then hold weights.
     #[serde(default)]
@@ -118,6 +128,24 @@ fn default_device() -> String {
 }
 
 impl TrainConfig {
+    /// The ZeRO stage asked for: `zero`, or 1 for `zero1 = true`. Stages above 3, and 2 or 3
+    /// with `[lora]`, are errors naming `zero`.
+    pub fn zero_stage(&self) -> Result<u8> {
+        let stage = self.zero.max(u8::from(self.zero1));
+        if stage > 3 {
+            return Err(Error::Config(format!(
+                "zero: stage {stage}; stages are 0 to 3"
+            )));
+        }
+        if stage >= 2 && self.lora.is_some() {
+            return Err(Error::Config(format!(
+                "zero: stage {stage} shards the model's weights and gradients, which [lora] \
+                 freezes; an adapter's state is small: use zero = 1 or 0"
+            )));
+        }
+        Ok(stage)
+    }
+
     /// Reads a `train.toml`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -186,8 +214,8 @@ pub enum RunOutcome {
 /// naming what is missing; `auto` falls back to the CPU, logging why.
 pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<RunOutcome> {
     let plan = dp::plan(&cfg.device, cfg.workers)?;
-    if cfg.zero1 && plan.world() == 1 {
-        tracing::info!("zero1 has no effect with a single worker");
+    if cfg.zero_stage()? > 0 && plan.world() == 1 {
+        tracing::info!("ZeRO has no effect with a single worker");
     }
     match plan {
         Plan::Cpu { workers: 1 } => run_with(&koala_kernels::cpu::CpuBackend::new(), cfg, obs),
@@ -235,7 +263,7 @@ fn run_cpu_group(workers: usize, cfg: &TrainConfig, obs: &mut dyn Observer) -> R
     tracing::info!(
         workers,
         threads_per_worker = per,
-        zero1 = cfg.zero1,
+        zero = cfg.zero.max(u8::from(cfg.zero1)),
         "CPU data parallel"
     );
     std::thread::scope(|s| {
@@ -277,7 +305,11 @@ fn run_cuda_group(
             .bind_to_thread()
             .map_err(|e| Error::Invalid(format!("{}: bind context: {e:?}", be.name())))
     };
-    tracing::info!(devices = ?ordinals, zero1 = cfg.zero1, "CUDA data parallel (NCCL)");
+    tracing::info!(
+        devices = ?ordinals,
+        zero = cfg.zero.max(u8::from(cfg.zero1)),
+        "CUDA data parallel (NCCL)"
+    );
     std::thread::scope(|s| {
         let mut it = backends.iter().enumerate();
         let Some((_, be0)) = it.next() else {
@@ -401,11 +433,29 @@ pub fn local_grads<B: Backend>(
     rank: usize,
     world: usize,
 ) -> Result<(f64, usize)> {
+    local_grads_with(be, model, rows, hyper, rank, world, &mut NoHook)
+}
+
+/// [`local_grads`] with the passes given `hook` (ZeRO-2/3: [`DpAdamW::hook`]). Every rank makes
+/// as many passes as the rank with the most micro-batches, a rank out of rows making idle ones
+/// ([`Llama::idle_with`]), so the hook's collectives line up across ranks.
+pub fn local_grads_with<B: Backend>(
+    be: &B,
+    model: &mut Llama<B>,
+    rows: &[&Row],
+    hyper: &Hyper,
+    rank: usize,
+    world: usize,
+    hook: &mut dyn ParamHook<B>,
+) -> Result<(f64, usize)> {
     let micro = hyper.micro_batch_size.max(1);
     let mut batches = Vec::new();
     let mut mine = Vec::new();
+    let mut rounds = 0;
     for r in 0..world.max(1) {
-        for c in rows[shard_range(rows.len(), world.max(1), r)].chunks(micro) {
+        let chunks = rows[shard_range(rows.len(), world.max(1), r)].chunks(micro);
+        rounds = rounds.max(chunks.len());
+        for c in chunks {
             if r == rank {
                 mine.push(batches.len());
             }
@@ -414,15 +464,20 @@ pub fn local_grads<B: Backend>(
     }
     let weights = loss_weights(&batches, hyper.loss);
     model.zero_grads(be)?;
+    hook.zero_grads(be)?;
     let mut loss = 0.0f64;
     let mut tokens = 0usize;
-    for i in mine {
+    for round in 0..rounds {
+        let Some(&i) = mine.get(round) else {
+            model.idle_with(be, hook)?;
+            continue;
+        };
         let (b, w) = (&batches[i], &weights[i]);
         let inp = Inputs::upload(be, b.b, b.t, &b.inputs, &b.positions, &b.segment_ids)?;
         let targets = be.upload_ids(&b.targets)?;
         // LoRA dropout: masks by global micro-batch, the same whatever the number of ranks.
         model.set_dropout_call(i as u64);
-        loss += model.forward_backward(be, &inp, &targets, w)?;
+        loss += model.forward_backward_with(be, &inp, &targets, w, hook)?;
         tokens += b.b * b.t;
     }
     Ok((loss, tokens))
@@ -712,7 +767,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             Some((lc, ad)) => Llama::with_lora(be, prep.mcfg.clone(), &init.model, lc, ad)?,
             None => Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?,
         };
-        let mut opt = DpAdamW::new(be, comm, &mut model, hyper, cfg.zero1)?;
+        model.set_checkpointing(cfg.checkpointing);
+        let mut opt = DpAdamW::new(be, comm, &mut model, hyper, cfg.zero_stage()?)?;
         if let Some((t, step)) = &init.optim {
             opt.load_tensors(be, comm, &model, t, *step)?;
         }
@@ -735,7 +791,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             total_steps,
             backend = %be.name(),
             workers = world,
-            zero1 = opt.is_zero1(),
+            zero = opt.zero_stage(),
+            checkpointing = cfg.checkpointing,
             "training"
         );
     }
@@ -834,7 +891,15 @@ fn train_rank<B: Backend, C: Communicator<B>>(
         let lr = schedule.lr(step);
         model.set_train_mode(true);
         model.start_step(cfg.seed, step);
-        let local = local_grads(be, &mut model, &rows, hyper, rank, world);
+        let local = local_grads_with(
+            be,
+            &mut model,
+            &rows,
+            hyper,
+            rank,
+            world,
+            &mut opt.hook(comm),
+        );
         model.set_train_mode(false);
         let (mut loss, mut tokens) = dp::agree(comm, local)?;
         if world > 1 {
@@ -853,7 +918,15 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                 // like a batch. It runs the backward too; the gradients are discarded (the next
                 // step zeroes them first).
                 let rows: Vec<&Row> = vds.rows.iter().collect();
-                let local = local_grads(be, &mut model, &rows, hyper, rank, world);
+                let local = local_grads_with(
+                    be,
+                    &mut model,
+                    &rows,
+                    hyper,
+                    rank,
+                    world,
+                    &mut opt.hook(comm),
+                );
                 let (mut l, _) = dp::agree(comm, local)?;
                 if world > 1 {
                     l = comm.all_reduce_scalar(l, ReduceOp::Sum)?;
@@ -956,6 +1029,8 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                 "device": cfg.device,
                 "workers": world,
                 "zero1": opt.is_zero1(),
+                "zero": opt.zero_stage(),
+                "checkpointing": cfg.checkpointing,
                 "lora": model.lora(),
                 "trainable_params": model.n_trainable(),
             });

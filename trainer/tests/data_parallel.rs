@@ -4,9 +4,13 @@
 //! `dp::DpAdamW` sums them across ranks, clips by the global norm and applies AdamW, with the
 //! optimizer state whole or sharded (ZeRO-1).
 //!
-//! * On the CPU (threads, `ThreadComm`): 2 and 3 workers, plain and ZeRO-1, equal one worker on
-//!   the whole batch (losses, gradient norms, fp32 master weights) and every rank holds the same
-//!   parameters; ZeRO-1 keeps `1/world` of the moments.
+//! * On the CPU (threads, `ThreadComm`): 2 and 3 workers, plain and ZeRO-1/2/3, with and without
+//!   activation checkpointing, equal one worker on the whole batch (losses, gradient norms, fp32
+//!   master weights) and every rank holds the same parameters; ZeRO keeps `1/world` of the
+//!   moments. With one micro-batch per rank ZeRO-2 and ZeRO-3 are bit-identical to ZeRO-1 (the
+//!   same reduce-scatter of the same gradients), and checkpointing is bit-identical to keeping
+//!   the activations. A rank that fails in the middle of a ZeRO-3 pass makes the others fail
+//!   with an error naming it, instead of hanging.
 //! * On every visible GPU (NCCL, bf16): the same steps against the CPU run, `#[ignore = "needs an
 //!   NVIDIA GPU"]` (run by `scripts/gpu-check.sh` with `--ignored`).
 //!
@@ -16,8 +20,8 @@ use koala_kernels::comm::{Communicator, ReduceOp, ThreadComm, shard_len};
 use koala_kernels::{Backend, CpuBackend};
 use koala_trainer::data::Row;
 use koala_trainer::dp::{DpAdamW, Solo};
-use koala_trainer::model::Llama;
-use koala_trainer::train::local_grads;
+use koala_trainer::model::{Llama, ParamHook};
+use koala_trainer::train::local_grads_with;
 use koala_trainer::weights::{Tensors, init_weights};
 use koala_trainer::{Hyper, LlamaConfig};
 
@@ -34,11 +38,33 @@ fn config() -> LlamaConfig {
     .unwrap()
 }
 
-fn hyper() -> Hyper {
+/// How a run shards and what it keeps.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    zero: u8,
+    checkpointing: bool,
+    /// Rows per micro-batch: 2 gives one worker two micro-batches and two workers one each; 1
+    /// gives two workers two each (their gradient sums then round in another order).
+    micro: usize,
+}
+
+const PLAIN: Setup = Setup {
+    zero: 0,
+    checkpointing: false,
+    micro: 2,
+};
+
+fn zero(stage: u8) -> Setup {
+    Setup {
+        zero: stage,
+        ..PLAIN
+    }
+}
+
+fn hyper(micro: usize) -> Hyper {
     Hyper {
         batch_size: B,
-        // One worker accumulates two micro-batches; two workers take one each.
-        micro_batch_size: 2,
+        micro_batch_size: micro,
         max_len: T,
         weight_decay: 0.1,
         beta2: 0.95,
@@ -81,55 +107,136 @@ struct Run {
 }
 
 /// `STEPS` optimizer steps as rank `comm.rank()`: the per-step body of the trainer's workers.
-fn train<B: Backend, C: Communicator<B>>(be: &B, comm: &C, zero1: bool) -> Run {
+fn train<B: Backend, C: Communicator<B>>(be: &B, comm: &C, setup: Setup) -> Run {
+    try_train(be, comm, setup, |_| None).unwrap()
+}
+
+/// [`train`], with `fail(call)` asked at every hook call of the passes: `Some(error)` makes this
+/// rank fail there (a rank that dies in the middle of a pass).
+fn try_train<B: Backend, C: Communicator<B>>(
+    be: &B,
+    comm: &C,
+    setup: Setup,
+    fail: impl Fn(usize) -> Option<String>,
+) -> koala_trainer::Result<Run> {
     let cfg = config();
-    let hyper = hyper();
-    let mut model = Llama::from_tensors(be, cfg.clone(), &init_weights(&cfg, 5, 0.1)).unwrap();
-    let mut opt = DpAdamW::new(be, comm, &mut model, &hyper, zero1).unwrap();
+    let hyper = hyper(setup.micro);
+    let mut model = Llama::from_tensors(be, cfg.clone(), &init_weights(&cfg, 5, 0.1))?;
+    model.set_checkpointing(setup.checkpointing);
+    let mut opt = DpAdamW::new(be, comm, &mut model, &hyper, setup.zero)?;
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
+    let mut calls = 0;
     for step in 1..=STEPS {
         let rows = rows(step, cfg.vocab_size as u32);
         let refs: Vec<&Row> = rows.iter().collect();
-        let (loss, _) = local_grads(
+        let mut hook = Failing {
+            inner: opt.hook(comm),
+            calls: &mut calls,
+            fail: &fail,
+        };
+        let (loss, _) = local_grads_with(
             be,
             &mut model,
             &refs,
             &hyper,
             comm.rank(),
             comm.world_size(),
-        )
-        .unwrap();
-        losses.push(comm.all_reduce_scalar(loss, ReduceOp::Sum).unwrap());
-        norms.push(opt.update(be, comm, &mut model, LR).unwrap());
+            &mut hook,
+        )?;
+        losses.push(comm.all_reduce_scalar(loss, ReduceOp::Sum)?);
+        norms.push(opt.update(be, comm, &mut model, LR)?);
     }
-    let masters = opt.params_to_tensors(be, comm, &model).unwrap();
-    let forward = model
-        .params
-        .iter()
-        .map(|p| be.download(p).unwrap())
-        .collect();
-    Run {
+    let masters = opt.params_to_tensors(be, comm, &model)?;
+    // Under ZeRO-3 the model holds no full weights between passes: the masters say it all.
+    let forward = if opt.zero_stage() == 3 {
+        Vec::new()
+    } else {
+        model
+            .params
+            .iter()
+            .map(|p| be.download(p).unwrap())
+            .collect()
+    };
+    Ok(Run {
         losses,
         norms,
         masters,
         forward,
         state: opt.state_elements(be),
+    })
+}
+
+/// A hook that forwards to `inner` and fails where `fail` says.
+struct Failing<'a, H, F> {
+    inner: H,
+    calls: &'a mut usize,
+    fail: &'a F,
+}
+
+impl<H, F: Fn(usize) -> Option<String>> Failing<'_, H, F> {
+    fn tick(&mut self) -> koala_trainer::Result<()> {
+        *self.calls += 1;
+        match (self.fail)(*self.calls) {
+            Some(e) => Err(koala_trainer::Error::Invalid(e)),
+            None => Ok(()),
+        }
     }
 }
 
-fn cpu_group(world: usize, zero1: bool) -> Vec<Run> {
+impl<B: Backend, H: ParamHook<B>, F: Fn(usize) -> Option<String>> ParamHook<B>
+    for Failing<'_, H, F>
+{
+    fn zero_grads(&mut self, be: &B) -> koala_trainer::Result<()> {
+        self.inner.zero_grads(be)
+    }
+    fn gather(
+        &mut self,
+        be: &B,
+        params: &mut [B::Buf],
+        group: std::ops::Range<usize>,
+    ) -> koala_trainer::Result<()> {
+        self.tick()?;
+        self.inner.gather(be, params, group)
+    }
+    fn release(
+        &mut self,
+        be: &B,
+        params: &mut [B::Buf],
+        group: std::ops::Range<usize>,
+    ) -> koala_trainer::Result<()> {
+        self.inner.release(be, params, group)
+    }
+    fn open_grads(
+        &mut self,
+        be: &B,
+        grads: &mut [B::Buf],
+        group: std::ops::Range<usize>,
+    ) -> koala_trainer::Result<()> {
+        self.inner.open_grads(be, grads, group)
+    }
+    fn close_grads(
+        &mut self,
+        be: &B,
+        grads: &mut [B::Buf],
+        group: std::ops::Range<usize>,
+    ) -> koala_trainer::Result<()> {
+        self.inner.close_grads(be, grads, group)
+    }
+}
+
+fn cpu_group(world: usize, setup: Setup) -> Vec<Run> {
     let comms = ThreadComm::group(world);
     std::thread::scope(|s| {
         let hs: Vec<_> = comms
             .into_iter()
-            .map(|c| s.spawn(move || train(&CpuBackend::with_threads(1).unwrap(), &c, zero1)))
+            .map(|c| s.spawn(move || train(&CpuBackend::with_threads(1).unwrap(), &c, setup)))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
 
 fn single() -> Run {
-    train(&CpuBackend::with_threads(1).unwrap(), &Solo, false)
+    train(&CpuBackend::with_threads(1).unwrap(), &Solo, PLAIN)
 }
 
 fn worst_rel(a: &[f32], b: &[f32]) -> f32 {
@@ -212,7 +319,7 @@ fn check_group(what: &str, ranks: &[Run], one: &Run, tol_loss: f64, params: Para
     }
 }
 
-fn check_cpu(world: usize, zero1: bool) {
+fn check_cpu(world: usize, setup: Setup) -> Vec<Run> {
     let one = single();
     let init = init_weights(&config(), 5, 0.1);
     let moved = one
@@ -223,9 +330,9 @@ fn check_cpu(world: usize, zero1: bool) {
         .map(|(name, t)| worst_rel(&t.data, &init[name].data))
         .fold(0.0f32, f32::max);
     assert!(moved > 1e-3, "training did not move the parameters");
-    let ranks = cpu_group(world, zero1);
+    let ranks = cpu_group(world, setup);
     check_group(
-        &format!("{world} CPU workers, zero1={zero1}"),
+        &format!("{world} CPU workers, {setup:?}"),
         &ranks,
         &one,
         1e-5,
@@ -237,29 +344,149 @@ fn check_cpu(world: usize, zero1: bool) {
     let full: usize = specs.iter().map(|s| 2 * s.numel()).sum();
     assert_eq!(one.state, full);
     for run in &ranks {
-        let want = if zero1 {
+        let want = if setup.zero > 0 {
             specs.iter().map(|s| 2 * shard_len(s.numel(), world)).sum()
         } else {
             full
         };
-        assert_eq!(run.state, want, "zero1={zero1}: optimizer state per rank");
+        assert_eq!(run.state, want, "{setup:?}: optimizer state per rank");
     }
+    ranks
+}
+
+/// Losses, gradient norms and fp32 master weights bit for bit.
+fn assert_bit_identical(what: &str, a: &Run, b: &Run) {
+    assert_eq!(a.losses, b.losses, "{what}: losses");
+    assert_eq!(a.norms, b.norms, "{what}: gradient norms");
+    assert_eq!(a.masters, b.masters, "{what}: master weights");
 }
 
 #[test]
 fn two_workers_on_halves_equal_one_worker_on_the_batch() {
-    check_cpu(2, false);
+    check_cpu(2, PLAIN);
 }
 
 #[test]
 fn zero1_two_workers_on_halves_equal_one_worker_on_the_batch() {
-    check_cpu(2, true);
+    check_cpu(2, zero(1));
 }
 
 /// Four rows over three ranks: 2, 2 and 0 rows (the last rank has no micro-batch).
 #[test]
 fn zero1_three_workers_with_an_idle_rank_equal_one_worker() {
-    check_cpu(3, true);
+    check_cpu(3, zero(1));
+}
+
+/// ZeRO-2 and ZeRO-3 reduce-scatter each layer's gradients inside the backward and (ZeRO-3)
+/// all-gather each layer's weights before use. With one micro-batch per rank that is the same
+/// reduce-scatter of the same gradients as ZeRO-1's, so the runs are bit-identical to ZeRO-1;
+/// and all of them equal one worker on the whole batch within 2e-5.
+#[test]
+fn zero2_and_zero3_two_workers_equal_zero1_bit_for_bit_and_one_worker() {
+    let z1 = check_cpu(2, zero(1));
+    for stage in [2, 3] {
+        let z = check_cpu(2, zero(stage));
+        assert_bit_identical(&format!("ZeRO-{stage} vs ZeRO-1"), &z[0], &z1[0]);
+    }
+}
+
+/// The idle third rank makes idle passes, contributing zero gradients to each collective.
+#[test]
+fn zero3_three_workers_with_an_idle_rank_equal_zero1_and_one_worker() {
+    let z1 = check_cpu(3, zero(1));
+    let z3 = check_cpu(3, zero(3));
+    assert_bit_identical("3 workers, ZeRO-3 vs ZeRO-1", &z3[0], &z1[0]);
+}
+
+/// Two micro-batches per rank: ZeRO-3 sums the reduced micro-batch gradients, ZeRO-1 reduces
+/// the locally summed ones, so the order of the float additions differs; both within 2e-5 of
+/// one worker.
+#[test]
+fn zero3_with_two_micro_batches_per_rank_equals_one_worker() {
+    let setup = Setup {
+        micro: 1,
+        ..zero(3)
+    };
+    check_cpu(2, setup);
+}
+
+/// Activation checkpointing recomputes each layer's forward from its input before its
+/// backward: the same kernels on the same inputs, so the run is bit-identical to keeping every
+/// layer's activations, alone and under ZeRO-3.
+#[test]
+fn checkpointing_is_bit_identical_alone_and_under_zero3() {
+    let be = CpuBackend::with_threads(1).unwrap();
+    let with = Setup {
+        checkpointing: true,
+        ..PLAIN
+    };
+    assert_bit_identical(
+        "one worker, checkpointing",
+        &train(&be, &Solo, with),
+        &single(),
+    );
+    let z3 = check_cpu(2, zero(3));
+    let z3c = check_cpu(
+        2,
+        Setup {
+            checkpointing: true,
+            ..zero(3)
+        },
+    );
+    assert_bit_identical("2 workers, ZeRO-3 with checkpointing", &z3c[0], &z3[0]);
+}
+
+/// A rank that fails in the middle of a ZeRO-3 pass (here at its 4th gather, inside the first
+/// step's forward) or panics there: every other rank's next collective fails with an error
+/// naming the rank that left, and the group returns instead of hanging.
+#[test]
+fn a_rank_dying_mid_pass_fails_the_zero3_group_cleanly() {
+    for panic in [false, true] {
+        let comms = ThreadComm::group(3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let results: Vec<Result<koala_trainer::Result<Run>, String>> =
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = comms
+                        .into_iter()
+                        .map(|c| {
+                            s.spawn(move || {
+                                let rank = c.rank();
+                                let fail = move |call: usize| {
+                                    (rank == 1 && call == 4).then(|| {
+                                        assert!(!panic, "rank 1 panics mid-pass");
+                                        "rank 1 fails mid-pass".to_string()
+                                    })
+                                };
+                                try_train(&CpuBackend::with_threads(1).unwrap(), &c, zero(3), fail)
+                            })
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join().map_err(|_| "panicked".to_string()))
+                        .collect()
+                });
+            let _ = tx.send(results);
+        });
+        let results = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the group hung after a rank failed");
+        match &results[1] {
+            Err(p) if panic => assert_eq!(p, "panicked"),
+            Ok(Err(e)) if !panic => assert!(e.to_string().contains("fails mid-pass"), "{e}"),
+            _ => panic!("rank 1 did not fail as arranged (panic={panic})"),
+        }
+        for r in [0, 2] {
+            match &results[r] {
+                Ok(Err(e)) => assert!(
+                    e.to_string().contains("rank 1 left the group"),
+                    "rank {r}: {e}"
+                ),
+                Ok(Ok(_)) => panic!("rank {r} finished although rank 1 failed"),
+                Err(p) => panic!("rank {r} {p}"),
+            }
+        }
+    }
 }
 
 /// The same steps on every visible GPU, one thread per GPU over NCCL (as a `cuda:0..N` job runs),
@@ -282,6 +509,7 @@ fn gpu_nccl_data_parallel_steps_on_every_visible_gpu() {
         .collect();
     let one = single();
     for zero1 in [false, true] {
+        let setup = zero(u8::from(zero1));
         let id = NcclComm::new_id().unwrap_or_else(|e| panic!("NCCL unique id: {e}"));
         let ranks: Vec<Run> = std::thread::scope(|s| {
             let hs: Vec<_> = backends
@@ -294,7 +522,7 @@ fn gpu_nccl_data_parallel_steps_on_every_visible_gpu() {
                             .unwrap_or_else(|e| panic!("cuda:{rank}: bind context: {e:?}"));
                         let comm = NcclComm::new(be, rank, n, id)
                             .unwrap_or_else(|e| panic!("cuda:{rank}: NCCL init: {e}"));
-                        train(be, &comm, zero1)
+                        train(be, &comm, setup)
                     })
                 })
                 .collect();

@@ -122,6 +122,12 @@ pub struct JobFile {
     /// ZeRO-1 optimizer-state sharding (JobSpec `zero1`).
     #[serde(default)]
     pub zero1: bool,
+    /// ZeRO stage 0 to 3 (JobSpec `zero`).
+    #[serde(default)]
+    pub zero: u32,
+    /// Activation checkpointing (JobSpec `checkpointing`).
+    #[serde(default)]
+    pub checkpointing: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -214,6 +220,8 @@ impl JobFile {
             devices: self.devices,
             workers: self.workers,
             zero1: self.zero1,
+            zero: self.zero,
+            checkpointing: self.checkpointing,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             max_steps: self.max_steps,

@@ -155,6 +155,8 @@ pub fn train_config(
         },
         workers: spec.workers as usize,
         zero1: spec.zero1,
+        zero: u8::try_from(spec.zero).unwrap_or(u8::MAX),
+        checkpointing: spec.checkpointing,
         max_steps: (spec.max_steps > 0).then_some(spec.max_steps),
     })
 }
@@ -277,6 +279,8 @@ mod tests {
             device: "cpu".into(),
             workers: 0,
             zero1: false,
+            zero: 0,
+            checkpointing: false,
             max_steps: None,
             val_split: "none".into(),
             val_every: 0,
