@@ -252,7 +252,7 @@ record_tests "engine CUDA parity" required
 
 # LoRA: trainer/tests/cuda_lora.rs (`gpu_lora_step_matches_the_cpu_step`: loss and adapter
 # gradients, dropout on, f32 and bf16; the op itself is `lora` in the kernels part above).
-# Sharded (ZeRO-3) steps: `gpu_sharded_*` tests, "not present" until ZeRO-3 exists.
+# Sharded (ZeRO-3) steps with checkpointing: `gpu_sharded_*` tests (trainer/tests/data_parallel.rs).
 run_part "LoRA vs CPU" 60 "$T --tests -- --ignored gpu_lora_"
 record_tests "LoRA vs CPU" required
 run_part "sharded steps vs CPU" 60 "$T --tests -- --ignored gpu_sharded_"

@@ -105,11 +105,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.zero1 {
         cfg.zero1 = true;
     }
-    if let Some(z) = args.zero {
-        cfg.zero = z;
+    if args.zero.is_some() {
+        cfg.zero = args.zero;
     }
     if args.checkpointing {
-        cfg.checkpointing = true;
+        cfg.checkpointing = Some(true);
     }
     if args.max_steps.is_some() {
         cfg.max_steps = args.max_steps;

@@ -79,6 +79,47 @@ pub fn preset_text(name: &str) -> Option<&'static str> {
     }
 }
 
+/// How a preset's job is laid out across its GPUs so that it fits: the preset's `[parallel]`
+/// table (checked against `koala plan`; docs/scale.md). A `train.toml`'s own `zero` and
+/// `checkpointing` take precedence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Parallel {
+    /// ZeRO stage 0 to 3 (no effect with one worker).
+    pub zero: u8,
+    /// Activation checkpointing.
+    pub checkpointing: bool,
+}
+
+impl Parallel {
+    /// The `[parallel]` table of a built-in preset (all defaults when it has none).
+    ///
+    /// ```
+    /// let p = koala_trainer::hparams::Parallel::preset("koala-13b").unwrap();
+    /// assert_eq!(p.zero, 3);
+    /// ```
+    pub fn preset(name: &str) -> Result<Self> {
+        let mut table = preset_table(name)?;
+        match table.remove("parallel") {
+            Some(v) => v
+                .try_into()
+                .map_err(|e| Error::Config(format!("preset {name}: [parallel]: {e}"))),
+            None => Ok(Self::default()),
+        }
+    }
+}
+
+/// A built-in preset's TOML table.
+fn preset_table(name: &str) -> Result<toml::Table> {
+    let text = preset_text(name).ok_or_else(|| {
+        Error::Config(format!(
+            "unknown preset {name:?} (known: {})",
+            PRESETS.join(", ")
+        ))
+    })?;
+    toml::from_str(text).map_err(|e| Error::Config(format!("preset {name}: {e}")))
+}
+
 impl Hyper {
     /// A built-in preset.
     ///
@@ -87,13 +128,12 @@ impl Hyper {
     /// assert_eq!((h.batch_size, h.lr, h.epochs, h.max_len), (128, 2e-5, 3, 512));
     /// ```
     pub fn preset(name: &str) -> Result<Self> {
-        let text = preset_text(name).ok_or_else(|| {
-            Error::Config(format!(
-                "unknown preset {name:?} (known: {})",
-                PRESETS.join(", ")
-            ))
-        })?;
-        toml::from_str(text).map_err(|e| Error::Config(format!("preset {name}: {e}")))
+        let mut table = preset_table(name)?;
+        // The job's layout, not a hyperparameter (see [`Parallel`]).
+        table.remove("parallel");
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| Error::Config(format!("preset {name}: {e}")))
     }
 
     /// Applies overrides given as a TOML table (same keys as the presets); unknown keys are errors.
@@ -164,6 +204,12 @@ mod tests {
         assert_eq!(a.schedule, Decay::Cosine);
         assert_eq!(Hyper::preset("koala-13b").unwrap().epochs, 2);
         assert!(Hyper::preset("nope").is_err());
+        // The layouts that fit (docs/scale.md): ZeRO-3 for 7B on 4 and 13B on 8 A100-80GB.
+        for (p, zero) in [("alpaca-7b", 3), ("koala-13b", 3), ("tiny-cpu", 0)] {
+            let par = Parallel::preset(p).unwrap();
+            assert_eq!((par.zero, par.checkpointing), (zero, false), "{p}");
+        }
+        assert!(Parallel::preset("nope").is_err());
     }
 
     #[test]

@@ -77,14 +77,15 @@ pub struct TrainConfig {
     pub zero1: bool,
     /// ZeRO stage 0 to 3 across the workers ([`crate::dp::DpAdamW`]): 1 shards the optimizer
     /// state, 2 the gradients too, 3 the parameters too (FSDP's full sharding; full
-    /// fine-tuning only). `zero1 = true` means at least 1. No effect with one worker.
+    /// fine-tuning only). `zero1 = true` means at least 1. No effect with one worker. Unset:
+    /// the preset's `[parallel]` choice ([`crate::hparams::Parallel`]), else 0.
     #[serde(default)]
-    pub zero: u8,
+    pub zero: Option<u8>,
     /// Activation checkpointing: keep each layer's input only and recompute the layer's
     /// forward in the backward (one layer's activations instead of all of them; the gradients
-    /// are bit-identical).
+    /// are bit-identical). Unset: the preset's `[parallel]` choice, else off.
     #[serde(default)]
-    pub checkpointing: bool,
+    pub checkpointing: Option<bool>,
     /// Train a LoRA adapter instead of the whole model (a `[lora]` table; see
     /// [`crate::lora::LoraConfig`] for its keys and defaults). `model` must then hold weights.
     #[serde(default)]
@@ -128,10 +129,17 @@ fn default_device() -> String {
 }
 
 impl TrainConfig {
-    /// The ZeRO stage asked for: `zero`, or 1 for `zero1 = true`. Stages above 3, and 2 or 3
-    /// with `[lora]`, are errors naming `zero`.
+    /// The ZeRO stage: `zero`, else the preset's (at most 1 with `[lora]`), at least 1 with
+    /// `zero1 = true`. Stages above 3, and 2 or 3 asked for with `[lora]`, are errors naming
+    /// `zero`.
     pub fn zero_stage(&self) -> Result<u8> {
-        let stage = self.zero.max(u8::from(self.zero1));
+        let chosen = match self.zero {
+            Some(z) => z,
+            // A preset's stage is for full fine-tuning: an adapter takes at most ZeRO-1.
+            None if self.lora.is_some() => self.parallel()?.zero.min(1),
+            None => self.parallel()?.zero,
+        };
+        let stage = chosen.max(u8::from(self.zero1));
         if stage > 3 {
             return Err(Error::Config(format!(
                 "zero: stage {stage}; stages are 0 to 3"
@@ -144,6 +152,22 @@ impl TrainConfig {
             )));
         }
         Ok(stage)
+    }
+
+    /// Whether activation checkpointing is on: `checkpointing`, else the preset's choice.
+    pub fn checkpointing(&self) -> Result<bool> {
+        match self.checkpointing {
+            Some(on) => Ok(on),
+            None => Ok(self.parallel()?.checkpointing),
+        }
+    }
+
+    /// The preset's `[parallel]` table (defaults without a preset).
+    fn parallel(&self) -> Result<crate::hparams::Parallel> {
+        match &self.preset {
+            Some(p) => crate::hparams::Parallel::preset(p),
+            None => Ok(Default::default()),
+        }
     }
 
     /// Reads a `train.toml`.
@@ -263,7 +287,7 @@ fn run_cpu_group(workers: usize, cfg: &TrainConfig, obs: &mut dyn Observer) -> R
     tracing::info!(
         workers,
         threads_per_worker = per,
-        zero = cfg.zero.max(u8::from(cfg.zero1)),
+        zero = cfg.zero_stage().unwrap_or_default(),
         "CPU data parallel"
     );
     std::thread::scope(|s| {
@@ -307,7 +331,7 @@ fn run_cuda_group(
     };
     tracing::info!(
         devices = ?ordinals,
-        zero = cfg.zero.max(u8::from(cfg.zero1)),
+        zero = cfg.zero_stage().unwrap_or_default(),
         "CUDA data parallel (NCCL)"
     );
     std::thread::scope(|s| {
@@ -767,7 +791,7 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             Some((lc, ad)) => Llama::with_lora(be, prep.mcfg.clone(), &init.model, lc, ad)?,
             None => Llama::from_tensors(be, prep.mcfg.clone(), &init.model)?,
         };
-        model.set_checkpointing(cfg.checkpointing);
+        model.set_checkpointing(cfg.checkpointing()?);
         let mut opt = DpAdamW::new(be, comm, &mut model, hyper, cfg.zero_stage()?)?;
         if let Some((t, step)) = &init.optim {
             opt.load_tensors(be, comm, &model, t, *step)?;
@@ -792,7 +816,7 @@ fn train_rank<B: Backend, C: Communicator<B>>(
             backend = %be.name(),
             workers = world,
             zero = opt.zero_stage(),
-            checkpointing = cfg.checkpointing,
+            checkpointing = model.checkpointing(),
             "training"
         );
     }
@@ -1030,7 +1054,7 @@ fn train_rank<B: Backend, C: Communicator<B>>(
                 "workers": world,
                 "zero1": opt.is_zero1(),
                 "zero": opt.zero_stage(),
-                "checkpointing": cfg.checkpointing,
+                "checkpointing": model.checkpointing(),
                 "lora": model.lora(),
                 "trainable_params": model.n_trainable(),
             });

@@ -489,14 +489,10 @@ fn a_rank_dying_mid_pass_fails_the_zero3_group_cleanly() {
     }
 }
 
-/// The same steps on every visible GPU, one thread per GPU over NCCL (as a `cuda:0..N` job runs),
-/// bf16 mixed precision, plain and ZeRO-1, against one CPU worker in fp32: losses within 3%,
-/// gradient norms within 6%, weight updates in the same direction (cosine >= 0.95); every rank
-/// holds the same parameters. With one GPU the NCCL group has one rank.
+/// The steps of `setup` on every visible GPU, one thread per GPU over NCCL (as a `cuda:0..N` job
+/// runs), bf16 mixed precision.
 #[cfg(feature = "cuda")]
-#[test]
-#[ignore = "needs an NVIDIA GPU"]
-fn gpu_nccl_data_parallel_steps_on_every_visible_gpu() {
+fn nccl_group(setup: Setup) -> Vec<Run> {
     use koala_kernels::comm::NcclComm;
     use koala_kernels::cuda::{CudaBackend, Precision, device_count};
     let n = device_count().unwrap_or_else(|e| panic!("needs an NVIDIA GPU: {e}"));
@@ -507,37 +503,67 @@ fn gpu_nccl_data_parallel_steps_on_every_visible_gpu() {
             })
         })
         .collect();
-    let one = single();
-    for zero1 in [false, true] {
-        let setup = zero(u8::from(zero1));
-        let id = NcclComm::new_id().unwrap_or_else(|e| panic!("NCCL unique id: {e}"));
-        let ranks: Vec<Run> = std::thread::scope(|s| {
-            let hs: Vec<_> = backends
-                .iter()
-                .enumerate()
-                .map(|(rank, be)| {
-                    s.spawn(move || {
-                        be.context()
-                            .bind_to_thread()
-                            .unwrap_or_else(|e| panic!("cuda:{rank}: bind context: {e:?}"));
-                        let comm = NcclComm::new(be, rank, n, id)
-                            .unwrap_or_else(|e| panic!("cuda:{rank}: NCCL init: {e}"));
-                        train(be, &comm, setup)
-                    })
+    let id = NcclComm::new_id().unwrap_or_else(|e| panic!("NCCL unique id: {e}"));
+    std::thread::scope(|s| {
+        let hs: Vec<_> = backends
+            .iter()
+            .enumerate()
+            .map(|(rank, be)| {
+                s.spawn(move || {
+                    be.context()
+                        .bind_to_thread()
+                        .unwrap_or_else(|e| panic!("cuda:{rank}: bind context: {e:?}"));
+                    let comm = NcclComm::new(be, rank, n, id)
+                        .unwrap_or_else(|e| panic!("cuda:{rank}: NCCL init: {e}"));
+                    train(be, &comm, setup)
                 })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        eprintln!(
-            "{n} GPU(s), zero1={zero1}: losses {:?} vs CPU {:?}; norms {:?} vs {:?}",
-            ranks[0].losses, one.losses, ranks[0].norms, one.norms
-        );
-        check_group(
-            &format!("{n} GPU(s) over NCCL, zero1={zero1}"),
-            &ranks,
-            &one,
-            3e-2,
-            Params::SameDirection(0.95),
-        );
-    }
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Checks an NCCL group against one CPU worker in fp32: losses within 3%, gradient norms within
+/// 6%, weight updates in the same direction (cosine >= 0.95); every rank holds the same
+/// parameters.
+#[cfg(feature = "cuda")]
+fn check_nccl(setup: Setup) {
+    let one = single();
+    let ranks = nccl_group(setup);
+    let n = ranks.len();
+    eprintln!(
+        "{n} GPU(s), {setup:?}: losses {:?} vs CPU {:?}; norms {:?} vs {:?}",
+        ranks[0].losses, one.losses, ranks[0].norms, one.norms
+    );
+    check_group(
+        &format!("{n} GPU(s) over NCCL, {setup:?}"),
+        &ranks,
+        &one,
+        3e-2,
+        Params::SameDirection(0.95),
+    );
+}
+
+/// The same steps on every visible GPU over NCCL, plain and ZeRO-1, against one CPU worker. With
+/// one GPU the NCCL group has one rank.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_nccl_data_parallel_steps_on_every_visible_gpu() {
+    check_nccl(PLAIN);
+    check_nccl(zero(1));
+}
+
+/// ZeRO-3 with activation checkpointing on every visible GPU over NCCL (weights all-gathered per
+/// layer in bf16 from the fp32 master shards, gradients reduce-scattered per layer), against one
+/// CPU worker. With one GPU there is nothing to shard (the group of one runs ZeRO-0), so this
+/// checks checkpointing alone.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_sharded_zero3_with_checkpointing_over_nccl_follows_the_cpu() {
+    check_nccl(Setup {
+        checkpointing: true,
+        ..zero(3)
+    });
 }

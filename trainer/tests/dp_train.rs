@@ -131,23 +131,76 @@ fn metrics_lines(cfg: &TrainConfig) -> usize {
 }
 
 fn check_group(workers: usize, zero1: bool) {
-    let base = baseline();
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), "dp", workers, zero1, "token_mean");
-    let what = format!("{workers} workers, zero1={zero1}");
-    let losses = train(&cfg);
-    assert_losses_close(&what, &losses, &base.losses);
-    let w = load_dir(&cfg.out_dir.join("final")).unwrap();
-    assert_tensors_close(&what, &w, &base.weights, 2e-5);
-    // Only rank 0 writes: one metrics line per step, and a checkpoint in the single-worker format.
-    assert_eq!(metrics_lines(&cfg), STEPS, "{what}: metrics.jsonl");
-    let ck = checkpoint::load(&cfg.out_dir.join("checkpoints/step-00000004")).unwrap();
-    assert_tensors_close(&what, &ck.optim, &base.optim_at_4, 2e-5);
+    check_run(&cfg, &format!("{workers} workers, zero1={zero1}"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cfg.out_dir.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(report["workers"], workers, "{what}: report");
-    assert_eq!(report["zero1"], zero1, "{what}: report");
+    assert_eq!(report["workers"], workers, "report");
+    assert_eq!(report["zero1"], zero1, "report");
+}
+
+/// Runs `cfg` and checks it against the single worker: losses, final weights, the checkpoint's
+/// optimizer state at step 4, one metrics line per step.
+fn check_run(cfg: &TrainConfig, what: &str) {
+    let base = baseline();
+    let losses = train(cfg);
+    assert_losses_close(what, &losses, &base.losses);
+    let w = load_dir(&cfg.out_dir.join("final")).unwrap();
+    assert_tensors_close(what, &w, &base.weights, 2e-5);
+    // Only rank 0 writes: one metrics line per step, and a checkpoint in the single-worker format.
+    assert_eq!(metrics_lines(cfg), STEPS, "{what}: metrics.jsonl");
+    let ck = checkpoint::load(&cfg.out_dir.join("checkpoints/step-00000004")).unwrap();
+    assert_tensors_close(what, &ck.optim, &base.optim_at_4, 2e-5);
+}
+
+/// The whole loop (`run`, as `koala train` and the daemon call it) with ZeRO-3 and activation
+/// checkpointing on 2 and 3 CPU workers (3: a rank with no rows on short batches makes idle
+/// passes) equals the single worker, and the report says what ran.
+#[test]
+fn cpu_workers_with_zero3_and_checkpointing_equal_one_worker() {
+    for workers in [2, 3] {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = tiny_config(
+            d.path(),
+            "z3",
+            &format!("workers = {workers}\nzero = 3\ncheckpointing = true"),
+            "batch_size = 6\nloss = \"token_mean\"",
+        );
+        check_run(&cfg, &format!("{workers} workers, ZeRO-3 + checkpointing"));
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(cfg.out_dir.join("report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["zero"], 3);
+        assert_eq!(report["checkpointing"], true);
+    }
+}
+
+/// A ZeRO-3 run's checkpoint has the single-worker format: one worker resumes it, and a ZeRO-3
+/// group resumes a single worker's.
+#[test]
+fn zero3_checkpoints_resume_with_any_layout() {
+    let base = baseline();
+    for (first, second) in [
+        ("workers = 2\nzero = 3", "workers = 1"),
+        ("workers = 1", "workers = 3\nzero = 3\ncheckpointing = true"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let what = format!("{first:?} then {second:?}");
+        let hyper = "batch_size = 6\nloss = \"token_mean\"";
+        let mut a = tiny_config(d.path(), "run", first, hyper);
+        a.max_steps = Some(4);
+        let mut losses = train(&a);
+        let b = tiny_config(d.path(), "run", second, hyper);
+        let mut r = Recorder::default();
+        assert_eq!(run(&b, &mut r).unwrap(), RunOutcome::Finished);
+        losses.extend(r.losses());
+        assert_losses_close(&what, &losses, &base.losses);
+        let w = load_dir(&b.out_dir.join("final")).unwrap();
+        assert_tensors_close(&what, &w, &base.weights, 2e-5);
+    }
 }
 
 #[test]
@@ -293,26 +346,31 @@ fn gpu_train_loop_on_cuda0_follows_the_cpu_run() {
     }
 }
 
-/// The training loop on every visible GPU (`cuda:0..N`: one thread per GPU, NCCL, ZeRO-1)
-/// follows the CPU run's losses within 5%. Needs two GPUs or more; `scripts/gpu-check.sh` leaves
-/// the `gpu_multi_` tests out on a machine with one.
+/// The training loop on every visible GPU (`cuda:0..N`: one thread per GPU, NCCL), with ZeRO-1
+/// and with ZeRO-3 + activation checkpointing, follows the CPU run's losses within 5%. Needs two
+/// GPUs or more; `scripts/gpu-check.sh` leaves the `gpu_multi_` tests out on a machine with one.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_multi_train_loop_on_every_visible_gpu_with_nccl() {
     let n = gpus().unwrap_or_else(|e| panic!("needs NVIDIA GPUs: {e}"));
     assert!(n >= 2, "needs two NVIDIA GPUs or more: {n} visible");
-    let d = tempfile::tempdir().unwrap();
-    let mut cfg = config(d.path(), "gpus", 0, true, "token_mean");
-    cfg.device = format!("cuda:0..{n}");
-    let losses = train(&cfg);
-    let base = &baseline().losses;
-    assert_eq!(losses.len(), STEPS);
-    for (s, (a, b)) in losses.iter().zip(base).enumerate() {
-        assert!(
-            (a - b).abs() <= 0.05 * b.abs(),
-            "cuda:0..{n} step {}: loss {a} vs cpu {b}",
-            s + 1
-        );
+    for (zero, checkpointing) in [(1, false), (3, true)] {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(d.path(), "gpus", 0, false, "token_mean");
+        cfg.device = format!("cuda:0..{n}");
+        cfg.zero = Some(zero);
+        cfg.checkpointing = Some(checkpointing);
+        let losses = train(&cfg);
+        let base = &baseline().losses;
+        assert_eq!(losses.len(), STEPS);
+        for (s, (a, b)) in losses.iter().zip(base).enumerate() {
+            assert!(
+                (a - b).abs() <= 0.05 * b.abs(),
+                "cuda:0..{n}, ZeRO-{zero}, checkpointing {checkpointing}, step {}: loss {a} \
+                 vs cpu {b}",
+                s + 1
+            );
+        }
     }
 }
 
@@ -388,6 +446,35 @@ fn daemon_validation_accepts_device_forms_and_names_the_bad_field() {
         let cfg = train_config(&s, &root).unwrap();
         assert_eq!((cfg.workers, cfg.zero1), (workers as usize, zero1));
         assert_eq!(cfg.device, if devices.is_empty() { "cpu" } else { devices });
+    }
+    // ZeRO: a stage above 3, and 2 or 3 with a LoRA adapter, are refused naming `zero`; a
+    // preset's stage reaches the trainer when the job sets none.
+    let z = |zero: Option<u32>, preset: &str| JobSpec {
+        zero,
+        preset: preset.into(),
+        ..spec(&f, "cpu", 2, false)
+    };
+    assert_eq!(validate(&z(Some(4), ""), &root).unwrap_err().field, "zero");
+    let lora = |zero: Option<u32>, preset: &str| JobSpec {
+        lora: Some(koala_proto::v1::LoraSpec::default()),
+        ..z(zero, preset)
+    };
+    let e = validate(&lora(Some(2), ""), &root).unwrap_err();
+    assert_eq!(e.field, "zero", "{e}");
+    for (s, want) in [
+        (z(None, "koala-13b"), 3),
+        (z(Some(1), "koala-13b"), 1),
+        (z(None, ""), 0),
+        (lora(None, "koala-13b"), 1),
+    ] {
+        assert_eq!(
+            train_config(&s, &root).unwrap().zero_stage().unwrap(),
+            want,
+            "zero {:?}, preset {:?}, lora {}",
+            s.zero,
+            s.preset,
+            s.lora.is_some()
+        );
     }
     for (devices, workers, field) in [
         ("tpu", 0, "devices"),

@@ -142,12 +142,13 @@ impl Drop for ThreadComm {
     }
 }
 
-fn reduce(parts: &[Vec<f32>], op: ReduceOp, out: &mut [f32]) {
+/// `out[i] = op over parts (part[i])`, adding in rank order; each part at least `out.len()` long.
+fn reduce<P: AsRef<[f32]>>(parts: &[P], op: ReduceOp, out: &mut [f32]) {
     let inv = 1.0 / parts.len() as f32;
     for (i, o) in out.iter_mut().enumerate() {
         let mut acc = 0.0f32;
         for p in parts {
-            acc += p[i];
+            acc += p.as_ref()[i];
         }
         *o = if op == ReduceOp::Avg { acc * inv } else { acc };
     }
@@ -183,7 +184,7 @@ impl Communicator<CpuBackend> for ThreadComm {
         }
         let range = shard_range(full.len(), self.world, self.rank);
         self.exchange(full.clone(), |parts| {
-            let slices: Vec<Vec<f32>> = parts.iter().map(|p| p[range.clone()].to_vec()).collect();
+            let slices: Vec<&[f32]> = parts.iter().map(|p| &p[range.clone()]).collect();
             shard.iter_mut().for_each(|x| *x = 0.0);
             reduce(&slices, op, &mut shard[..range.len()]);
         })

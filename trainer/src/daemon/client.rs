@@ -122,12 +122,12 @@ pub struct JobFile {
     /// ZeRO-1 optimizer-state sharding (JobSpec `zero1`).
     #[serde(default)]
     pub zero1: bool,
-    /// ZeRO stage 0 to 3 (JobSpec `zero`).
+    /// ZeRO stage 0 to 3 (JobSpec `zero`; unset: the preset's choice).
     #[serde(default)]
-    pub zero: u32,
-    /// Activation checkpointing (JobSpec `checkpointing`).
+    pub zero: Option<u32>,
+    /// Activation checkpointing (JobSpec `checkpointing`; unset: the preset's choice).
     #[serde(default)]
-    pub checkpointing: bool,
+    pub checkpointing: Option<bool>,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]

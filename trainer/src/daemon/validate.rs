@@ -12,6 +12,7 @@
 //! - `devices` is `cpu`, `auto`, `cuda`, `cuda:N`, `cuda:N,M` or `cuda:A..B`, and `workers` is
 //!   0..=256 (CPU workers), or 0 / the number of devices with GPUs (availability of the GPUs is
 //!   checked when the job runs: a missing one fails the job with the reason);
+//! - `zero` is 0..=3, and 2 or 3 only without `lora` (a preset's stage is capped at 1 there);
 //! - numbers are in range and strings size-limited.
 use std::path::{Component, Path, PathBuf};
 
@@ -117,6 +118,7 @@ pub fn validate(spec: &JobSpec, data_root: &Path) -> Result<ResolvedPaths, Field
     if let Some(h) = &spec.hyperparameters {
         check_hyperparameters(h)?;
     }
+    check_zero(spec)?;
     if let Some(l) = &spec.lora {
         crate::daemon::train_runner::lora_config(l)
             .slots()
@@ -251,6 +253,35 @@ pub fn resolve_in_root(
         out.push(name);
     }
     Ok(out)
+}
+
+/// The ZeRO stage the job will run at (asked for, or its preset's), as the trainer checks it.
+fn check_zero(spec: &JobSpec) -> Result<(), FieldError> {
+    let stage = match spec.zero {
+        Some(z) => u8::try_from(z).unwrap_or(u8::MAX),
+        None if spec.preset.is_empty() => 0,
+        None => {
+            let z = crate::hparams::Parallel::preset(&spec.preset)
+                .map_err(|e| err("preset", e.to_string()))?
+                .zero;
+            // A preset's stage is for full fine-tuning: an adapter takes at most ZeRO-1.
+            if spec.lora.is_some() { z.min(1) } else { z }
+        }
+    };
+    let stage = stage.max(u8::from(spec.zero1));
+    if stage > 3 {
+        return Err(err("zero", format!("stage {stage}; stages are 0 to 3")));
+    }
+    if stage >= 2 && spec.lora.is_some() {
+        return Err(err(
+            "zero",
+            format!(
+                "stage {stage} shards the model's weights and gradients, which lora freezes \
+                 (set zero to 1 or 0 for an adapter)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_strings(spec: &JobSpec) -> Result<(), FieldError> {
