@@ -275,6 +275,47 @@ pub struct DpAdamW<B: Backend> {
     stage: u8,
     /// Elements of each parameter (ZeRO-2/3 rebuild full buffers of these lengths).
     lens: Vec<usize>,
+    /// Full-size buffers released within the step, for the next group of the same shapes.
+    pool: Pool<B>,
+}
+
+/// Released full-size buffers kept for reuse within a step (ZeRO-2/3 rebuild every group's
+/// weights and gradients for every micro-batch; fresh buffers of tens of MB cost page faults
+/// each time). It holds at most `cap` elements (the largest tensor: every layer's buffers, or
+/// one embedding-sized buffer) and is emptied after each optimizer step, so it adds at most one
+/// tensor to a rank's peak and nothing between steps.
+struct Pool<B: Backend> {
+    bufs: Vec<B::Buf>,
+    held: usize,
+    cap: usize,
+}
+
+impl<B: Backend> Pool<B> {
+    /// A buffer of `len` elements: a released one (`true`: its contents are stale) or a new
+    /// zeroed one.
+    fn take(&mut self, be: &B, len: usize) -> Result<(B::Buf, bool)> {
+        match self.bufs.iter().position(|b| be.len(b) == len) {
+            Some(i) => {
+                self.held -= len;
+                Ok((self.bufs.swap_remove(i), true))
+            }
+            None => Ok((be.zeros(len)?, false)),
+        }
+    }
+
+    /// Keeps `buf` for reuse if it fits under the cap (else frees it).
+    fn give(&mut self, be: &B, buf: B::Buf) {
+        let len = be.len(&buf);
+        if len > 1 && self.held + len <= self.cap {
+            self.held += len;
+            self.bufs.push(buf);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bufs.clear();
+        self.held = 0;
+    }
 }
 
 /// What a released parameter or gradient holds: one element (some device allocators refuse zero
@@ -309,6 +350,11 @@ impl<B: Backend> DpAdamW<B> {
         }
         let world = comm.world_size();
         let lens: Vec<usize> = model.params.iter().map(|p| be.len(p)).collect();
+        let pool = Pool {
+            bufs: Vec::new(),
+            held: 0,
+            cap: lens.iter().copied().max().unwrap_or(0),
+        };
         if zero == 0 || world == 1 {
             let adam = AdamW::new(
                 be,
@@ -324,6 +370,7 @@ impl<B: Backend> DpAdamW<B> {
                 shards: None,
                 stage: 0,
                 lens,
+                pool,
             });
         }
         let n = model.specs.len();
@@ -367,6 +414,7 @@ impl<B: Backend> DpAdamW<B> {
             shards: Some(shards),
             stage: zero,
             lens,
+            pool,
         })
     }
 
@@ -387,6 +435,7 @@ impl<B: Backend> DpAdamW<B> {
             stage: self.stage,
             lens: &self.lens,
             shards: self.shards.as_deref_mut().unwrap_or(&mut []),
+            pool: &mut self.pool,
         }
     }
 
@@ -419,6 +468,7 @@ impl<B: Backend> DpAdamW<B> {
         model: &mut Llama<B>,
         lr: f32,
     ) -> Result<f64> {
+        self.pool.clear();
         let Some(shards) = &mut self.shards else {
             if comm.world_size() > 1 {
                 for g in &mut model.grads {
@@ -542,6 +592,7 @@ pub struct ShardHook<'a, B: Backend, C> {
     stage: u8,
     lens: &'a [usize],
     shards: &'a mut [Shard<B>],
+    pool: &'a mut Pool<B>,
 }
 
 impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
@@ -556,13 +607,23 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
         Ok(())
     }
 
+    /// All-gathers the group's weights from the ranks' shards, as one bucket.
     fn gather(&mut self, be: &B, params: &mut [B::Buf], group: Range<usize>) -> Result<()> {
         if self.stage < 3 {
             return Ok(());
         }
-        for i in group {
-            let mut full = be.zeros(self.lens[i])?;
-            self.comm.all_gather(be, &self.shards[i].param, &mut full)?;
+        // Every element is overwritten by the gather: a reused buffer needs no zeroing.
+        let mut fulls = Vec::with_capacity(group.len());
+        for i in group.clone() {
+            fulls.push(self.pool.take(be, self.lens[i])?.0);
+        }
+        let shards: Vec<&B::Buf> = self.shards[group.clone()]
+            .iter()
+            .map(|s| &s.param)
+            .collect();
+        let mut outs: Vec<&mut B::Buf> = fulls.iter_mut().collect();
+        self.comm.all_gather_many(be, &shards, &mut outs)?;
+        for (i, full) in group.zip(fulls) {
             params[i] = full;
         }
         Ok(())
@@ -573,7 +634,8 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
             return Ok(());
         }
         for i in group {
-            params[i] = placeholder(be)?;
+            let full = std::mem::replace(&mut params[i], placeholder(be)?);
+            self.pool.give(be, full);
         }
         Ok(())
     }
@@ -583,26 +645,38 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
             return Ok(());
         }
         for i in group {
-            grads[i] = be.zeros(self.lens[i])?;
+            let (mut g, reused) = self.pool.take(be, self.lens[i])?;
+            if reused {
+                be.fill_zero(&mut g)?;
+            }
+            grads[i] = g;
         }
         Ok(())
     }
 
-    /// Reduce-scatters the group's micro-batch gradients and adds this rank's shard to the
-    /// step's sum (`0 + x = x` exactly: with one micro-batch per rank the shard equals ZeRO-1's),
-    /// then frees the full buffers.
+    /// Reduce-scatters the group's micro-batch gradients, as one bucket, and adds this rank's
+    /// shards to the step's sums (`0 + x = x` exactly: with one micro-batch per rank each shard
+    /// equals ZeRO-1's), then frees the full buffers.
     fn close_grads(&mut self, be: &B, grads: &mut [B::Buf], group: Range<usize>) -> Result<()> {
         if self.stage < 2 {
             return Ok(());
         }
-        for i in group {
+        let mut parts = self.shards[group.clone()]
+            .iter()
+            .map(|sh| be.zeros_f32(be.len(&sh.grad)))
+            .collect::<koala_kernels::Result<Vec<_>>>()?;
+        {
+            let fulls: Vec<&B::Buf> = grads[group.clone()].iter().collect();
+            let mut outs: Vec<&mut B::Buf> = parts.iter_mut().collect();
+            self.comm
+                .reduce_scatter_many(be, &fulls, &mut outs, ReduceOp::Sum)?;
+        }
+        for (i, part) in group.zip(parts) {
             let sh = &mut self.shards[i];
             let len = be.len(&sh.grad);
-            let mut part = be.zeros_f32(len)?;
-            self.comm
-                .reduce_scatter(be, &grads[i], &mut part, ReduceOp::Sum)?;
             be.add_inplace(&mut sh.grad, &part, len)?;
-            grads[i] = placeholder(be)?;
+            let full = std::mem::replace(&mut grads[i], placeholder(be)?);
+            self.pool.give(be, full);
         }
         Ok(())
     }

@@ -746,6 +746,11 @@ fn memory(s: &Setup) -> (u64, Vec<Part>) {
             m.train_unit * 4,
             "fp32, one unit's full gradients before their reduce-scatter",
         );
+        b.add(
+            "bucket's reduced shards",
+            m.train_unit.div_ceil(world) * 4,
+            "fp32, the reduce-scatter's output before it is added to the gradient shard",
+        );
     }
     let grads = b.part("gradients");
 
@@ -876,7 +881,23 @@ fn memory(s: &Setup) -> (u64, Vec<Part>) {
             ));
         }
     }
-    if z >= 1 {
+    if z >= 1 && matches!(s.device, Device::Cpu { .. }) {
+        // ThreadComm deposits a copy of what each rank sends for the length of the collective:
+        // one tensor's gradients at ZeRO-1, one unit's (a bucket) at ZeRO-2/3.
+        let big = m.train.iter().copied().max().unwrap_or(0);
+        let (sent, what) = if z >= 2 {
+            (
+                m.train_unit,
+                "reduce-scatter of one unit's gradients as a bucket: ThreadComm's copy",
+            )
+        } else {
+            (
+                big,
+                "reduce-scatter of the largest gradient: ThreadComm's copy",
+            )
+        };
+        transient.push((sent * 4, what));
+    } else if z >= 1 {
         let big = m.train.iter().copied().max().unwrap_or(0);
         let shard = big.div_ceil(world);
         transient.push((
@@ -1206,9 +1227,13 @@ mod tests {
         assert_eq!(bytes(&z1, "parameters", "stepping shard"), 2 * shard);
         assert_eq!(bytes(&z1, "gradients", "weight gradients"), 4 * n);
         assert_eq!(bytes(&z1, "gradients", "gradient shard"), 4 * shard);
-        // Stage 2: gradients sharded, plus one layer's fp32 bucket.
+        // Stage 2: gradients sharded, plus one layer's fp32 bucket and its reduced shards.
         assert_eq!(z2.part("optimizer"), 12 * shard);
-        assert_eq!(z2.part("gradients"), 4 * shard + 4 * z2.params.largest_unit);
+        let unit = z2.params.largest_unit;
+        assert_eq!(
+            z2.part("gradients"),
+            4 * shard + 4 * unit + 4 * unit.div_ceil(8)
+        );
         assert_eq!(z2.part("parameters"), z1.part("parameters"));
         // Stage 3: weights sharded, plus one gathered layer; no separate stepping shard.
         assert_eq!(

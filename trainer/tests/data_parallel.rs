@@ -38,6 +38,14 @@ fn config() -> LlamaConfig {
     .unwrap()
 }
 
+/// The model of `setup`: [`config`], with the LM head tied to the embedding when it says so.
+fn config_for(setup: Setup) -> LlamaConfig {
+    LlamaConfig {
+        tie_word_embeddings: setup.tied,
+        ..config()
+    }
+}
+
 /// How a run shards and what it keeps.
 #[derive(Clone, Copy, Debug)]
 struct Setup {
@@ -46,12 +54,16 @@ struct Setup {
     /// Rows per micro-batch: 2 gives one worker two micro-batches and two workers one each; 1
     /// gives two workers two each (their gradient sums then round in another order).
     micro: usize,
+    /// Tied embeddings: the embedding is also the LM head, so under ZeRO-3 it stays gathered
+    /// from the forward's start to the head's backward, and its gradient stays open throughout.
+    tied: bool,
 }
 
 const PLAIN: Setup = Setup {
     zero: 0,
     checkpointing: false,
     micro: 2,
+    tied: false,
 };
 
 fn zero(stage: u8) -> Setup {
@@ -119,7 +131,7 @@ fn try_train<B: Backend, C: Communicator<B>>(
     setup: Setup,
     fail: impl Fn(usize) -> Option<String>,
 ) -> koala_trainer::Result<Run> {
-    let cfg = config();
+    let cfg = config_for(setup);
     let hyper = hyper(setup.micro);
     let mut model = Llama::from_tensors(be, cfg.clone(), &init_weights(&cfg, 5, 0.1))?;
     model.set_checkpointing(setup.checkpointing);
@@ -236,7 +248,16 @@ fn cpu_group(world: usize, setup: Setup) -> Vec<Run> {
 }
 
 fn single() -> Run {
-    train(&CpuBackend::with_threads(1).unwrap(), &Solo, PLAIN)
+    single_for(PLAIN)
+}
+
+/// One worker on the whole batch, on `setup`'s model.
+fn single_for(setup: Setup) -> Run {
+    let plain = Setup {
+        tied: setup.tied,
+        ..PLAIN
+    };
+    train(&CpuBackend::with_threads(1).unwrap(), &Solo, plain)
 }
 
 fn worst_rel(a: &[f32], b: &[f32]) -> f32 {
@@ -320,8 +341,8 @@ fn check_group(what: &str, ranks: &[Run], one: &Run, tol_loss: f64, params: Para
 }
 
 fn check_cpu(world: usize, setup: Setup) -> Vec<Run> {
-    let one = single();
-    let init = init_weights(&config(), 5, 0.1);
+    let one = single_for(setup);
+    let init = init_weights(&config_for(setup), 5, 0.1);
     let moved = one
         .masters
         .as_ref()
@@ -338,7 +359,7 @@ fn check_cpu(world: usize, setup: Setup) -> Vec<Run> {
         1e-5,
         Params::Close(2e-5),
     );
-    let specs = Llama::from_tensors(&CpuBackend::new(), config(), &init)
+    let specs = Llama::from_tensors(&CpuBackend::new(), config_for(setup), &init)
         .unwrap()
         .specs;
     let full: usize = specs.iter().map(|s| 2 * s.numel()).sum();
@@ -396,6 +417,26 @@ fn zero3_three_workers_with_an_idle_rank_equal_zero1_and_one_worker() {
     let z1 = check_cpu(3, zero(1));
     let z3 = check_cpu(3, zero(3));
     assert_bit_identical("3 workers, ZeRO-3 vs ZeRO-1", &z3[0], &z1[0]);
+}
+
+/// Tied embeddings under ZeRO-2/3: bit-identical to ZeRO-1 and within 2e-5 of one worker.
+#[test]
+fn zero3_with_tied_embeddings_equals_zero1_and_one_worker() {
+    let tied = Setup {
+        tied: true,
+        ..zero(1)
+    };
+    let z1 = check_cpu(2, tied);
+    for stage in [2, 3] {
+        let z = check_cpu(
+            2,
+            Setup {
+                zero: stage,
+                ..tied
+            },
+        );
+        assert_bit_identical(&format!("tied, ZeRO-{stage} vs ZeRO-1"), &z[0], &z1[0]);
+    }
 }
 
 /// Two micro-batches per rank: ZeRO-3 sums the reduced micro-batch gradients, ZeRO-1 reduces

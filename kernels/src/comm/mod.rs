@@ -88,6 +88,44 @@ pub trait Communicator<B: Backend>: Send {
     fn all_gather(&self, be: &B, shard: &B::Buf, full: &mut B::Buf) -> Result<()>;
     /// `op` over ranks of one `f64` scalar (losses, norms), exact in `f64`.
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64>;
+
+    /// A bucket of reduce-scatters: `shards[i]` as [`Communicator::reduce_scatter`] of
+    /// `fulls[i]`, with the same results bit for bit. An implementation may run them as one
+    /// collective ([`ThreadComm`]: one rendezvous); the default runs them one after another.
+    fn reduce_scatter_many(
+        &self,
+        be: &B,
+        fulls: &[&B::Buf],
+        shards: &mut [&mut B::Buf],
+        op: ReduceOp,
+    ) -> Result<()> {
+        check_bucket("reduce_scatter_many", fulls.len(), shards.len())?;
+        for (full, shard) in fulls.iter().zip(shards.iter_mut()) {
+            self.reduce_scatter(be, full, shard, op)?;
+        }
+        Ok(())
+    }
+
+    /// A bucket of all-gathers: `fulls[i]` as [`Communicator::all_gather`] of `shards[i]`. An
+    /// implementation may run them as one collective; the default runs them one after another.
+    fn all_gather_many(&self, be: &B, shards: &[&B::Buf], fulls: &mut [&mut B::Buf]) -> Result<()> {
+        check_bucket("all_gather_many", shards.len(), fulls.len())?;
+        for (shard, full) in shards.iter().zip(fulls.iter_mut()) {
+            self.all_gather(be, shard, full)?;
+        }
+        Ok(())
+    }
+}
+
+/// A bucket's inputs and outputs pair up.
+fn check_bucket(op: &'static str, inputs: usize, outputs: usize) -> Result<()> {
+    if inputs != outputs {
+        return Err(crate::Error::Shape {
+            op,
+            detail: format!("{inputs} inputs for {outputs} outputs"),
+        });
+    }
+    Ok(())
 }
 
 /// This rank's shard of host values, no communication: `full[shard_range(rank)]`, zero-padded to

@@ -130,6 +130,11 @@ impl ThreadComm {
             f(&slots)
         };
         self.shared.barrier.wait()?;
+        // Every rank has read the slots: free this rank's deposit now (on its own thread), so a
+        // collective's staging copy lasts only as long as the collective.
+        if let Ok(mut slots) = self.shared.slots.lock() {
+            slots[self.rank] = Vec::new();
+        }
         Ok(out)
     }
 }
@@ -208,6 +213,79 @@ impl Communicator<CpuBackend> for ThreadComm {
         })
     }
 
+    /// One rendezvous for the bucket: each rank deposits its full tensors back to back and
+    /// reduces its range of each, in rank order (the same sums as one call per tensor).
+    fn reduce_scatter_many(
+        &self,
+        _be: &CpuBackend,
+        fulls: &[&Vec<f32>],
+        shards: &mut [&mut Vec<f32>],
+        op: ReduceOp,
+    ) -> Result<()> {
+        super::check_bucket("reduce_scatter_many", fulls.len(), shards.len())?;
+        for (full, shard) in fulls.iter().zip(shards.iter()) {
+            let s = shard_len(full.len(), self.world);
+            if shard.len() != s {
+                return Err(Error::Shape {
+                    op: "reduce_scatter_many",
+                    detail: format!("shard has {} elements, expected {s}", shard.len()),
+                });
+            }
+        }
+        let mut data = Vec::with_capacity(fulls.iter().map(|f| f.len()).sum());
+        for f in fulls {
+            data.extend_from_slice(f);
+        }
+        self.exchange(data, |parts| {
+            let mut at = 0;
+            for (full, shard) in fulls.iter().zip(shards.iter_mut()) {
+                let range = shard_range(full.len(), self.world, self.rank);
+                let slices: Vec<&[f32]> = parts
+                    .iter()
+                    .map(|p| &p[at + range.start..at + range.end])
+                    .collect();
+                shard.iter_mut().for_each(|x| *x = 0.0);
+                reduce(&slices, op, &mut shard[..range.len()]);
+                at += full.len();
+            }
+        })
+    }
+
+    /// One rendezvous for the bucket: each rank deposits its shards back to back.
+    fn all_gather_many(
+        &self,
+        _be: &CpuBackend,
+        shards: &[&Vec<f32>],
+        fulls: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        super::check_bucket("all_gather_many", shards.len(), fulls.len())?;
+        for (shard, full) in shards.iter().zip(fulls.iter()) {
+            let s = shard_len(full.len(), self.world);
+            if shard.len() != s {
+                return Err(Error::Shape {
+                    op: "all_gather_many",
+                    detail: format!("shard has {} elements, expected {s}", shard.len()),
+                });
+            }
+        }
+        let mut data = Vec::with_capacity(shards.iter().map(|s| s.len()).sum());
+        for s in shards {
+            data.extend_from_slice(s);
+        }
+        self.exchange(data, |parts| {
+            let mut at = 0;
+            for (shard, full) in shards.iter().zip(fulls.iter_mut()) {
+                let len = full.len();
+                for (r, p) in parts.iter().enumerate() {
+                    let range = shard_range(len, self.world, r);
+                    let n = range.len();
+                    full[range].copy_from_slice(&p[at..at + n]);
+                }
+                at += shard.len();
+            }
+        })
+    }
+
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64> {
         // Carried as the two halves of its bit pattern so the f32 slots hold it exactly.
         let bits = x.to_bits();
@@ -281,6 +359,69 @@ mod tests {
                 .map(|i| i as f32 + 100.0 * rank as f32)
                 .collect();
             assert_eq!(&local[..mine.len()], &mine[..]);
+        }
+    }
+
+    /// A bucket (one rendezvous) gives exactly what one collective per tensor gives, for tensors
+    /// whose lengths do and do not divide by the world size; the default (per-tensor) trait
+    /// methods are the reference.
+    #[test]
+    fn buckets_equal_one_collective_per_tensor() {
+        let be = CpuBackend::new();
+        let lens = [7usize, 3, 1, 12, 5];
+        let outs = run(3, |c| {
+            let r = c.rank() as f32;
+            let fulls: Vec<Vec<f32>> = lens
+                .iter()
+                .enumerate()
+                .map(|(t, &n)| {
+                    (0..n)
+                        .map(|i| (i as f32 * 0.37 + t as f32) * (r + 1.3))
+                        .collect()
+                })
+                .collect();
+            let mut one = Vec::new();
+            for f in &fulls {
+                let mut s = vec![f32::NAN; shard_len(f.len(), 3)];
+                c.reduce_scatter(&be, f, &mut s, ReduceOp::Sum).unwrap();
+                one.push(s);
+            }
+            let mut bucket: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&n| vec![f32::NAN; shard_len(n, 3)])
+                .collect();
+            {
+                let ins: Vec<&Vec<f32>> = fulls.iter().collect();
+                let mut outs: Vec<&mut Vec<f32>> = bucket.iter_mut().collect();
+                c.reduce_scatter_many(&be, &ins, &mut outs, ReduceOp::Sum)
+                    .unwrap();
+            }
+            let mut gathered_one = Vec::new();
+            for (s, &n) in one.iter().zip(&lens) {
+                let mut f = vec![f32::NAN; n];
+                c.all_gather(&be, s, &mut f).unwrap();
+                gathered_one.push(f);
+            }
+            let mut gathered: Vec<Vec<f32>> = lens.iter().map(|&n| vec![f32::NAN; n]).collect();
+            {
+                let ins: Vec<&Vec<f32>> = bucket.iter().collect();
+                let mut outs: Vec<&mut Vec<f32>> = gathered.iter_mut().collect();
+                c.all_gather_many(&be, &ins, &mut outs).unwrap();
+            }
+            // A bucket whose inputs and outputs do not pair up is an error, not a hang.
+            let mut short: Vec<&mut Vec<f32>> = Vec::new();
+            let bad = c.all_gather_many(&be, &[&one[0]], &mut short).is_err();
+            (one, bucket, gathered_one, gathered, bad)
+        });
+        for (one, bucket, gathered_one, gathered, bad) in outs {
+            let bits = |v: &Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+                v.iter()
+                    .map(|t| t.iter().map(|x| x.to_bits()).collect())
+                    .collect()
+            };
+            assert_eq!(bits(&bucket), bits(&one), "reduce-scatter bucket");
+            assert_eq!(bits(&gathered), bits(&gathered_one), "all-gather bucket");
+            assert!(bad);
         }
     }
 
