@@ -281,39 +281,57 @@ pub struct DpAdamW<B: Backend> {
 
 /// Released full-size buffers kept for reuse within a step (ZeRO-2/3 rebuild every group's
 /// weights and gradients for every micro-batch; fresh buffers of tens of MB cost page faults
-/// each time). It holds at most `cap` elements (the largest tensor: every layer's buffers, or
-/// one embedding-sized buffer) and is emptied after each optimizer step, so it adds at most one
-/// tensor to a rank's peak and nothing between steps.
+/// each time). Weights and gradients are kept apart (a device backend may store them in
+/// different precisions). Together they hold at most `cap` elements (the largest tensor: every
+/// layer's buffers, or one embedding-sized buffer), and they are emptied at each optimizer
+/// step, so the pool adds at most one tensor to a rank's peak and nothing between steps.
 struct Pool<B: Backend> {
-    bufs: Vec<B::Buf>,
+    /// `[weights, gradients]`.
+    bufs: [Vec<B::Buf>; 2],
     held: usize,
     cap: usize,
 }
 
+/// Which of a [`Pool`]'s two lists.
+#[derive(Clone, Copy)]
+enum Kind {
+    Weight = 0,
+    Grad = 1,
+}
+
 impl<B: Backend> Pool<B> {
+    fn new(cap: usize) -> Self {
+        Pool {
+            bufs: [Vec::new(), Vec::new()],
+            held: 0,
+            cap,
+        }
+    }
+
     /// A buffer of `len` elements: a released one (`true`: its contents are stale) or a new
     /// zeroed one.
-    fn take(&mut self, be: &B, len: usize) -> Result<(B::Buf, bool)> {
-        match self.bufs.iter().position(|b| be.len(b) == len) {
+    fn take(&mut self, be: &B, kind: Kind, len: usize) -> Result<(B::Buf, bool)> {
+        let list = &mut self.bufs[kind as usize];
+        match list.iter().position(|b| be.len(b) == len) {
             Some(i) => {
                 self.held -= len;
-                Ok((self.bufs.swap_remove(i), true))
+                Ok((list.swap_remove(i), true))
             }
             None => Ok((be.zeros(len)?, false)),
         }
     }
 
     /// Keeps `buf` for reuse if it fits under the cap (else frees it).
-    fn give(&mut self, be: &B, buf: B::Buf) {
+    fn give(&mut self, be: &B, kind: Kind, buf: B::Buf) {
         let len = be.len(&buf);
         if len > 1 && self.held + len <= self.cap {
             self.held += len;
-            self.bufs.push(buf);
+            self.bufs[kind as usize].push(buf);
         }
     }
 
     fn clear(&mut self) {
-        self.bufs.clear();
+        self.bufs.iter_mut().for_each(Vec::clear);
         self.held = 0;
     }
 }
@@ -350,11 +368,7 @@ impl<B: Backend> DpAdamW<B> {
         }
         let world = comm.world_size();
         let lens: Vec<usize> = model.params.iter().map(|p| be.len(p)).collect();
-        let pool = Pool {
-            bufs: Vec::new(),
-            held: 0,
-            cap: lens.iter().copied().max().unwrap_or(0),
-        };
+        let pool = Pool::new(lens.iter().copied().max().unwrap_or(0));
         if zero == 0 || world == 1 {
             let adam = AdamW::new(
                 be,
@@ -615,7 +629,7 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
         // Every element is overwritten by the gather: a reused buffer needs no zeroing.
         let mut fulls = Vec::with_capacity(group.len());
         for i in group.clone() {
-            fulls.push(self.pool.take(be, self.lens[i])?.0);
+            fulls.push(self.pool.take(be, Kind::Weight, self.lens[i])?.0);
         }
         let shards: Vec<&B::Buf> = self.shards[group.clone()]
             .iter()
@@ -635,7 +649,7 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
         }
         for i in group {
             let full = std::mem::replace(&mut params[i], placeholder(be)?);
-            self.pool.give(be, full);
+            self.pool.give(be, Kind::Weight, full);
         }
         Ok(())
     }
@@ -645,7 +659,7 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
             return Ok(());
         }
         for i in group {
-            let (mut g, reused) = self.pool.take(be, self.lens[i])?;
+            let (mut g, reused) = self.pool.take(be, Kind::Grad, self.lens[i])?;
             if reused {
                 be.fill_zero(&mut g)?;
             }
@@ -676,7 +690,7 @@ impl<B: Backend, C: Communicator<B>> ParamHook<B> for ShardHook<'_, B, C> {
             let len = be.len(&sh.grad);
             be.add_inplace(&mut sh.grad, &part, len)?;
             let full = std::mem::replace(&mut grads[i], placeholder(be)?);
-            self.pool.give(be, full);
+            self.pool.give(be, Kind::Grad, full);
         }
         Ok(())
     }
