@@ -20,7 +20,7 @@
 //! ```
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -348,6 +348,17 @@ impl Drop for Engine {
     }
 }
 
+static IDLE_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Sets a function that every engine's worker calls when it runs out of work (no sequence
+/// active, no request waiting) after having decoded, just before it blocks for the next request.
+/// The `koala` binary returns freed memory to the OS there: its allocator (mimalloc) keeps freed
+/// pages (a full batch's KV caches) until more allocator activity comes, which an idle server
+/// never makes. Only the first call takes effect.
+pub fn set_idle_hook(hook: fn()) {
+    let _ = IDLE_HOOK.set(hook);
+}
+
 /// One active sequence.
 struct Seq {
     job: Job,
@@ -383,13 +394,28 @@ impl Worker {
 
     fn run(mut self, rx: Receiver<Job>) {
         let mut open = true;
+        // Whether a step ran since the engine last went idle.
+        let mut busy = false;
         loop {
             // Admit waiting requests while there is room.
             while open && self.active.len() < self.limits.max_batch.max(1) {
                 let job = if self.active.is_empty() {
-                    match rx.recv() {
+                    let next = match rx.try_recv() {
+                        Ok(j) => Ok(j),
+                        Err(TryRecvError::Empty) => {
+                            // Out of work: the idle hook runs once, then wait.
+                            if std::mem::take(&mut busy)
+                                && let Some(hook) = IDLE_HOOK.get()
+                            {
+                                hook();
+                            }
+                            rx.recv().map_err(|_| ())
+                        }
+                        Err(TryRecvError::Disconnected) => Err(()),
+                    };
+                    match next {
                         Ok(j) => j,
-                        Err(_) => {
+                        Err(()) => {
                             open = false;
                             break;
                         }
@@ -419,6 +445,7 @@ impl Worker {
                 self.publish();
                 continue;
             }
+            busy = true;
             if let Err(e) = self.step() {
                 tracing::error!("engine step failed: {e}");
                 for s in self.active.drain(..) {
