@@ -12,6 +12,8 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // The daemon samples checkpoints (`Generate`) on the inference engine.
+    koala_model::engine::set_idle_hook(super::release_freed_memory);
     koala_trainer::daemon::cli::run_daemon(&args.config)?;
     Ok(())
 }

@@ -65,16 +65,8 @@ pub enum PolicyArg {
     Flag,
 }
 
-/// The engine's idle hook: mimalloc keeps the pages a burst freed (a full batch's KV caches,
-/// the connections' buffers) until more allocator activity comes, which an idle server never
-/// makes; this hands them back to the OS, so resident memory returns to where it was.
-fn release_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    koala_model::engine::set_idle_hook(release_freed_memory);
+    koala_model::engine::set_idle_hook(super::release_freed_memory);
     let limits = EngineConfig {
         max_batch: args.max_batch,
         queue_capacity: args.queue,

@@ -26,6 +26,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // `Generate` samples checkpoints on the inference engine: when it goes idle, hand the pages
+    // a burst freed back to the OS (mimalloc keeps them until more allocator activity comes).
+    koala_model::engine::set_idle_hook(release_freed_memory);
     koala_trainer::daemon::cli::run_daemon(&args.config)?;
     Ok(())
+}
+
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
