@@ -336,6 +336,35 @@ impl<B: Backend> Pool<B> {
     }
 }
 
+/// The ZeRO stage a run takes: `asked` (a config's or job's `zero`), else its preset's stage
+/// `preset` (at most 1 for a LoRA adapter: a preset's stage is for full fine-tuning), and at
+/// least 1 with `zero1`. Stages above 3, and 2 or 3 for an adapter (the frozen base is not
+/// sharded), are refused with the reason. `TrainConfig`, the daemon's job validation and
+/// [`DpAdamW::new`] all apply this one rule.
+pub fn zero_stage(
+    asked: Option<u8>,
+    preset: u8,
+    zero1: bool,
+    lora: bool,
+) -> std::result::Result<u8, String> {
+    let chosen = match asked {
+        Some(z) => z,
+        None if lora => preset.min(1),
+        None => preset,
+    };
+    let stage = chosen.max(u8::from(zero1));
+    if stage > 3 {
+        return Err(format!("stage {stage}; stages are 0 to 3"));
+    }
+    if stage >= 2 && lora {
+        return Err(format!(
+            "stage {stage} shards the model's weights and gradients, which LoRA freezes; an \
+             adapter's state is small: use zero = 1 or 0"
+        ));
+    }
+    Ok(stage)
+}
+
 /// What a released parameter or gradient holds: one element (some device allocators refuse zero
 /// bytes), so a read of a released group fails its length check instead of reading stale data.
 fn placeholder<B: Backend>(be: &B) -> Result<B::Buf> {
@@ -355,17 +384,8 @@ impl<B: Backend> DpAdamW<B> {
         hyper: &Hyper,
         zero: u8,
     ) -> Result<Self> {
-        if zero > 3 {
-            return Err(Error::Invalid(format!(
-                "zero: stage {zero}; stages are 0 to 3"
-            )));
-        }
-        if zero >= 2 && model.lora().is_some() {
-            return Err(Error::Invalid(format!(
-                "zero: stage {zero} shards the model's weights and gradients, which LoRA freezes; \
-                 an adapter's state is small: use zero = 1 or 0 with [lora]"
-            )));
-        }
+        zero_stage(Some(zero), 0, false, model.lora().is_some())
+            .map_err(|r| Error::Invalid(format!("zero: {r}")))?;
         let world = comm.world_size();
         let lens: Vec<usize> = model.params.iter().map(|p| be.len(p)).collect();
         let pool = Pool::new(lens.iter().copied().max().unwrap_or(0));

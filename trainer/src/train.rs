@@ -133,25 +133,12 @@ impl TrainConfig {
     /// `zero1 = true`. Stages above 3, and 2 or 3 asked for with `[lora]`, are errors naming
     /// `zero`.
     pub fn zero_stage(&self) -> Result<u8> {
-        let chosen = match self.zero {
-            Some(z) => z,
-            // A preset's stage is for full fine-tuning: an adapter takes at most ZeRO-1.
-            None if self.lora.is_some() => self.parallel()?.zero.min(1),
+        let preset = match self.zero {
+            Some(_) => 0,
             None => self.parallel()?.zero,
         };
-        let stage = chosen.max(u8::from(self.zero1));
-        if stage > 3 {
-            return Err(Error::Config(format!(
-                "zero: stage {stage}; stages are 0 to 3"
-            )));
-        }
-        if stage >= 2 && self.lora.is_some() {
-            return Err(Error::Config(format!(
-                "zero: stage {stage} shards the model's weights and gradients, which [lora] \
-                 freezes; an adapter's state is small: use zero = 1 or 0"
-            )));
-        }
-        Ok(stage)
+        dp::zero_stage(self.zero, preset, self.zero1, self.lora.is_some())
+            .map_err(|r| Error::Config(format!("zero: {r}")))
     }
 
     /// Whether activation checkpointing is on: `checkpointing`, else the preset's choice.

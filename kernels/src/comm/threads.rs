@@ -139,6 +139,90 @@ impl ThreadComm {
     }
 }
 
+/// Every shard of a bucket has `shard_len` of its full tensor's length.
+fn check_shards(op: &'static str, world: usize, pairs: &[(usize, usize)]) -> Result<()> {
+    for &(full, shard) in pairs {
+        let s = shard_len(full, world);
+        if shard != s {
+            return Err(Error::Shape {
+                op,
+                detail: format!("shard has {shard} elements, expected {s}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl ThreadComm {
+    /// Reduce-scatters a bucket (one tensor or several) in one rendezvous: each rank deposits
+    /// its full tensors back to back and reduces its range of each, in rank order.
+    fn reduce_scatter_bucket(
+        &self,
+        op_name: &'static str,
+        fulls: &[&Vec<f32>],
+        shards: &mut [&mut Vec<f32>],
+        op: ReduceOp,
+    ) -> Result<()> {
+        super::check_bucket(op_name, fulls.len(), shards.len())?;
+        let lens: Vec<(usize, usize)> = fulls
+            .iter()
+            .zip(shards.iter())
+            .map(|(f, s)| (f.len(), s.len()))
+            .collect();
+        check_shards(op_name, self.world, &lens)?;
+        let mut data = Vec::with_capacity(fulls.iter().map(|f| f.len()).sum());
+        for f in fulls {
+            data.extend_from_slice(f);
+        }
+        self.exchange(data, |parts| {
+            let mut at = 0;
+            for (full, shard) in fulls.iter().zip(shards.iter_mut()) {
+                let range = shard_range(full.len(), self.world, self.rank);
+                let slices: Vec<&[f32]> = parts
+                    .iter()
+                    .map(|p| &p[at + range.start..at + range.end])
+                    .collect();
+                shard.iter_mut().for_each(|x| *x = 0.0);
+                reduce(&slices, op, &mut shard[..range.len()]);
+                at += full.len();
+            }
+        })
+    }
+
+    /// All-gathers a bucket (one tensor or several) in one rendezvous: each rank deposits its
+    /// shards back to back.
+    fn all_gather_bucket(
+        &self,
+        op_name: &'static str,
+        shards: &[&Vec<f32>],
+        fulls: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        super::check_bucket(op_name, shards.len(), fulls.len())?;
+        let lens: Vec<(usize, usize)> = fulls
+            .iter()
+            .zip(shards.iter())
+            .map(|(f, s)| (f.len(), s.len()))
+            .collect();
+        check_shards(op_name, self.world, &lens)?;
+        let mut data = Vec::with_capacity(shards.iter().map(|s| s.len()).sum());
+        for s in shards {
+            data.extend_from_slice(s);
+        }
+        self.exchange(data, |parts| {
+            let mut at = 0;
+            for (shard, full) in shards.iter().zip(fulls.iter_mut()) {
+                let len = full.len();
+                for (r, p) in parts.iter().enumerate() {
+                    let range = shard_range(len, self.world, r);
+                    let n = range.len();
+                    full[range].copy_from_slice(&p[at..at + n]);
+                }
+                at += shard.len();
+            }
+        })
+    }
+}
+
 impl Drop for ThreadComm {
     fn drop(&mut self) {
         // After the last collective nobody waits any more, so this only matters for a rank that
@@ -180,41 +264,13 @@ impl Communicator<CpuBackend> for ThreadComm {
         shard: &mut Vec<f32>,
         op: ReduceOp,
     ) -> Result<()> {
-        let s = shard_len(full.len(), self.world);
-        if shard.len() != s {
-            return Err(Error::Shape {
-                op: "reduce_scatter",
-                detail: format!("shard has {} elements, expected {s}", shard.len()),
-            });
-        }
-        let range = shard_range(full.len(), self.world, self.rank);
-        self.exchange(full.clone(), |parts| {
-            let slices: Vec<&[f32]> = parts.iter().map(|p| &p[range.clone()]).collect();
-            shard.iter_mut().for_each(|x| *x = 0.0);
-            reduce(&slices, op, &mut shard[..range.len()]);
-        })
+        self.reduce_scatter_bucket("reduce_scatter", &[full], &mut [shard], op)
     }
 
     fn all_gather(&self, _be: &CpuBackend, shard: &Vec<f32>, full: &mut Vec<f32>) -> Result<()> {
-        let s = shard_len(full.len(), self.world);
-        if shard.len() != s {
-            return Err(Error::Shape {
-                op: "all_gather",
-                detail: format!("shard has {} elements, expected {s}", shard.len()),
-            });
-        }
-        let len = full.len();
-        self.exchange(shard.clone(), |parts| {
-            for (r, p) in parts.iter().enumerate() {
-                let range = shard_range(len, self.world, r);
-                let n = range.len();
-                full[range].copy_from_slice(&p[..n]);
-            }
-        })
+        self.all_gather_bucket("all_gather", &[shard], &mut [full])
     }
 
-    /// One rendezvous for the bucket: each rank deposits its full tensors back to back and
-    /// reduces its range of each, in rank order (the same sums as one call per tensor).
     fn reduce_scatter_many(
         &self,
         _be: &CpuBackend,
@@ -222,68 +278,16 @@ impl Communicator<CpuBackend> for ThreadComm {
         shards: &mut [&mut Vec<f32>],
         op: ReduceOp,
     ) -> Result<()> {
-        super::check_bucket("reduce_scatter_many", fulls.len(), shards.len())?;
-        for (full, shard) in fulls.iter().zip(shards.iter()) {
-            let s = shard_len(full.len(), self.world);
-            if shard.len() != s {
-                return Err(Error::Shape {
-                    op: "reduce_scatter_many",
-                    detail: format!("shard has {} elements, expected {s}", shard.len()),
-                });
-            }
-        }
-        let mut data = Vec::with_capacity(fulls.iter().map(|f| f.len()).sum());
-        for f in fulls {
-            data.extend_from_slice(f);
-        }
-        self.exchange(data, |parts| {
-            let mut at = 0;
-            for (full, shard) in fulls.iter().zip(shards.iter_mut()) {
-                let range = shard_range(full.len(), self.world, self.rank);
-                let slices: Vec<&[f32]> = parts
-                    .iter()
-                    .map(|p| &p[at + range.start..at + range.end])
-                    .collect();
-                shard.iter_mut().for_each(|x| *x = 0.0);
-                reduce(&slices, op, &mut shard[..range.len()]);
-                at += full.len();
-            }
-        })
+        self.reduce_scatter_bucket("reduce_scatter_many", fulls, shards, op)
     }
 
-    /// One rendezvous for the bucket: each rank deposits its shards back to back.
     fn all_gather_many(
         &self,
         _be: &CpuBackend,
         shards: &[&Vec<f32>],
         fulls: &mut [&mut Vec<f32>],
     ) -> Result<()> {
-        super::check_bucket("all_gather_many", shards.len(), fulls.len())?;
-        for (shard, full) in shards.iter().zip(fulls.iter()) {
-            let s = shard_len(full.len(), self.world);
-            if shard.len() != s {
-                return Err(Error::Shape {
-                    op: "all_gather_many",
-                    detail: format!("shard has {} elements, expected {s}", shard.len()),
-                });
-            }
-        }
-        let mut data = Vec::with_capacity(shards.iter().map(|s| s.len()).sum());
-        for s in shards {
-            data.extend_from_slice(s);
-        }
-        self.exchange(data, |parts| {
-            let mut at = 0;
-            for (shard, full) in shards.iter().zip(fulls.iter_mut()) {
-                let len = full.len();
-                for (r, p) in parts.iter().enumerate() {
-                    let range = shard_range(len, self.world, r);
-                    let n = range.len();
-                    full[range].copy_from_slice(&p[at..at + n]);
-                }
-                at += shard.len();
-            }
-        })
+        self.all_gather_bucket("all_gather_many", shards, fulls)
     }
 
     fn all_reduce_scalar(&self, x: f64, op: ReduceOp) -> Result<f64> {

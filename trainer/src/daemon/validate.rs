@@ -257,31 +257,18 @@ pub fn resolve_in_root(
 
 /// The ZeRO stage the job will run at (asked for, or its preset's), as the trainer checks it.
 fn check_zero(spec: &JobSpec) -> Result<(), FieldError> {
-    let stage = match spec.zero {
-        Some(z) => u8::try_from(z).unwrap_or(u8::MAX),
-        None if spec.preset.is_empty() => 0,
-        None => {
-            let z = crate::hparams::Parallel::preset(&spec.preset)
+    let asked = spec.zero.map(|z| u8::try_from(z).unwrap_or(u8::MAX));
+    let preset = match asked {
+        None if !spec.preset.is_empty() => {
+            crate::hparams::Parallel::preset(&spec.preset)
                 .map_err(|e| err("preset", e.to_string()))?
-                .zero;
-            // A preset's stage is for full fine-tuning: an adapter takes at most ZeRO-1.
-            if spec.lora.is_some() { z.min(1) } else { z }
+                .zero
         }
+        _ => 0,
     };
-    let stage = stage.max(u8::from(spec.zero1));
-    if stage > 3 {
-        return Err(err("zero", format!("stage {stage}; stages are 0 to 3")));
-    }
-    if stage >= 2 && spec.lora.is_some() {
-        return Err(err(
-            "zero",
-            format!(
-                "stage {stage} shards the model's weights and gradients, which lora freezes \
-                 (set zero to 1 or 0 for an adapter)"
-            ),
-        ));
-    }
-    Ok(())
+    crate::dp::zero_stage(asked, preset, spec.zero1, spec.lora.is_some())
+        .map(|_| ())
+        .map_err(|r| err("zero", r))
 }
 
 fn check_strings(spec: &JobSpec) -> Result<(), FieldError> {
